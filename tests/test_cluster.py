@@ -1,0 +1,113 @@
+"""Cluster configs validate against Ray's own schema and loader (``ray up`` has no dry run)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+RAY_UP_CONFIGS = ["aws.yaml", "gcp.yaml", "local.yaml"]
+ALL_FILES = [*RAY_UP_CONFIGS, "kuberay-rayjob.yaml", "Dockerfile"]
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _ray_schema() -> dict:
+    import ray.autoscaler
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_ray_up_config_passes_rays_schema_and_loader(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _load(name)
+    jsonschema.validate(config, _ray_schema())
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    # The head node type exists and the workers can autoscale (or, on-prem, are all listed).
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    assert prepared["max_workers"] >= 2
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cloud_configs_have_cpu_head_and_autoscaling_gpu_workers(name):
+    config = _load(name)
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu_workers = [t for k, t in types.items() if k != config["head_node_type"]]
+    assert gpu_workers and all(t["resources"]["GPU"] >= 1 for t in gpu_workers)
+    assert all(t["min_workers"] == 0 < t["max_workers"] for t in gpu_workers)
+
+
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_ray_up_config_installs_the_repo_and_keeps_dashboard_local(name):
+    config = _load(name)
+    assert config["file_mounts"]["~/lensray"] == "."
+    setup = " ".join(
+        config["setup_commands"] + config["head_setup_commands"] + config["worker_setup_commands"]
+    )
+    assert "pip install" in setup and "-e ~/lensray" in setup
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "0.0.0.0" not in head_start
+    assert "RAY_AUTH_MODE=token" in head_start
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "start" in c)
+
+
+def test_rayjob_manifest_structure_and_entrypoint():
+    job = _load("kuberay-rayjob.yaml")
+    assert job["apiVersion"] == "ray.io/v1"
+    assert job["kind"] == "RayJob"
+    assert job["metadata"]["name"]
+    spec = job["spec"]
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] and head["name"]
+    groups = cluster["workerGroupSpecs"]
+    assert groups and all({"groupName", "template", "rayStartParams"} <= set(g) for g in groups)
+    gpu = groups[0]
+    assert gpu["minReplicas"] == 0 < gpu["maxReplicas"]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert cluster["enableInTreeAutoscaling"] is True
+    # The entrypoint runs a script that exists in the repository, relative to the working_dir
+    # the image installs the repository into.
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python"
+    script = argv[1]
+    assert (REPO / script).is_file(), script
+    assert script == "jobs/run.py"
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"] == "/home/ray/lensray"
+    assert "/home/ray/lensray" in (CLUSTER / "Dockerfile").read_text()
+    # The job's own arguments parse with the real `lensray run` parser.
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["run", *argv[2:]])
+    assert args.out == "/data/lensray-out"
+
+
+_SECRET = re.compile(
+    r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|aws_secret_access_key|"
+    r"\"type\": \"service_account\"|ghp_[0-9A-Za-z]{20,}|password\s*[:=])",
+    re.IGNORECASE,
+)
+
+
+@pytest.mark.parametrize("name", ALL_FILES)
+def test_no_secrets_in_cluster_files(name):
+    text = (CLUSTER / name).read_text()
+    assert not _SECRET.search(text)
