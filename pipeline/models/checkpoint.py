@@ -1,0 +1,75 @@
+"""Checkpoints: ``model.safetensors`` (tensors only, never pickle) + ``config.json``.
+
+The same directory is what training writes, what Ray Train reports, what a stage loads and
+what ships in ``pipeline/weights/<stage>/``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from pipeline.models.registry import create_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STAGES = ("denoise", "lens-detect", "substructure")
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REQUIRED_KEYS = ("task", "model", "model_kwargs", "bands", "size", "normalization")
+
+
+def save_checkpoint(model: nn.Module, config: dict, directory) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/config.json``; returns the directory."""
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint config lacks {missing}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"task": config["task"],
+                                                             "model": config["model"]})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
+    """Load a checkpoint directory (or its ``model.safetensors``); returns ``(model, config)``
+    with the model in eval mode on ``device``."""
+    path = Path(path)
+    directory = path.parent if path.suffix == ".safetensors" else path
+    weights, cfg_file = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    for f in (weights, cfg_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: checkpoint file not found (a checkpoint is a directory "
+                                    f"with {WEIGHTS_FILE} and {CONFIG_FILE})")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{cfg_file}: missing keys {missing}")
+    model = create_model(config["model"], **config["model_kwargs"])
+    state = load_file(str(weights), device="cpu")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{weights}: weights do not match model {config['model']!r}: {e}") from e
+    return model.to(device).eval(), config
+
+
+def load_pretrained(stage: str, device="cpu") -> tuple[nn.Module, dict]:
+    """Load the shipped weights of ``stage`` ('denoise', 'lens-detect', 'substructure')."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    directory = WEIGHTS_DIR / stage
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{directory}: no shipped weights for stage {stage!r}; train them with "
+            f"`lensray train --stage {stage} ...` and pass --checkpoint, or reinstall lensray"
+        )
+    return load_checkpoint(directory, device)

@@ -1,0 +1,80 @@
+"""``predict``: survey images in, catalogue columns out (normalise -> network -> decode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pipeline.models.normalize import normalize
+from pipeline.models.tasks import get_task
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU (chosen at run time)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_images(images: np.ndarray, config: dict) -> np.ndarray:
+    """Validate (N, B, H, W) against the checkpoint's bands and size; clear error otherwise."""
+    x = np.asarray(images, dtype=np.float32)
+    bands, size = config["bands"], config["size"]
+    if x.ndim == 3 and len(bands) == 1:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] != len(bands) or x.shape[2:] != (size, size):
+        raise ValueError(
+            f"images have shape {x.shape}; model {config['model']!r} ({config['task']}) expects "
+            f"(N, {len(bands)}, {size}, {size}) for bands {bands} at {config.get('pixel_scale')}\"/px"
+            " (crop/resample with pipeline.models.fit_cutouts)"
+        )
+    return x
+
+
+@torch.no_grad()
+def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Run ``model`` on ``images`` (float32 (N, B, H, W) in the survey's own units).
+
+    Applies the normalisation stored in ``config`` and returns the task's columns:
+    denoise -> ``image`` (in the input's units); lens-detect -> ``p_lens``; substructure ->
+    class probabilities and parameter means/sigmas.
+    """
+    task = get_task(config["task"])
+    x = check_images(images, config)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    z, sky, noise = normalize(x, config["normalization"])
+    outs = []
+    for i in range(0, len(z), batch_size):
+        outs.append(model(torch.from_numpy(z[i : i + batch_size]).to(device)).float().cpu().numpy())
+    if outs:
+        out = np.concatenate(outs)
+    else:  # no rows: keep the column shapes
+        shape = x.shape if task.name == "denoise" else (0, task.num_outputs(config))
+        out = np.zeros(shape, np.float32)
+    return task.decode(out, config, stats=(sky, noise))
+
+
+def fit_cutouts(images: np.ndarray, pixel_scale: float, config: dict) -> np.ndarray:
+    """Resample (N, B, H, W) cutouts taken at ``pixel_scale`` arcsec/px to the model's pixel
+    scale, then centre-crop (or pad with NaN, which normalisation treats as sky) to its size.
+
+    Flux conservation does not matter here: normalisation is unit-free and re-measures the
+    noise after resampling.
+    """
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, bands, H, W), got shape {tuple(x.shape)}")
+    factor = float(pixel_scale) / float(config["pixel_scale"])
+    if abs(factor - 1) > 1e-3:
+        h, w = (max(1, round(s * factor)) for s in x.shape[-2:])
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                                            antialias=factor < 1)
+    size = int(config["size"])
+    out = np.full((*x.shape[:2], size, size), np.nan, np.float32)
+    h, w = x.shape[-2:]
+    ch, cw = min(h, size), min(w, size)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    oy, ox = (size - ch) // 2, (size - cw) // 2
+    out[..., oy : oy + ch, ox : ox + cw] = x[..., y0 : y0 + ch, x0 : x0 + cw].numpy()
+    return out

@@ -1,0 +1,117 @@
+"""Score a model on a split of simulated data with the field's metrics (and draw ROC curves).
+
+Inference goes through ``pipeline.models.predict`` on the raw images, exactly as in the
+cascade, so what is scored here is what users run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io.schema import IMAGE, good_mask
+from pipeline.models.tasks import get_task
+
+
+def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | None = None):
+    """Raw images and label columns of one split as NumPy arrays (error rows dropped)."""
+    from pipeline.io import read_cutouts
+    from pipeline.train.data import split_paths
+
+    task = get_task(config["task"])
+    cols = [IMAGE, *task.label_columns, *extra_columns]
+    ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
+                      clean="clean" in cols)
+    if limit:
+        ds = ds.limit(limit)
+    parts: dict[str, list] = {c: [] for c in cols}
+    for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+        good = good_mask(b)
+        for c in cols:
+            if c not in b:
+                raise ValueError(f"{data_dir}/{split}: column {c!r} missing (have {sorted(b)})")
+            parts[c].append(np.asarray(b[c])[good])
+    return {c: np.concatenate(v) for c, v in parts.items()}
+
+
+def evaluate_model(model, config: dict, data_dir, split: str = "test", plots_dir=None,
+                   limit: int | None = None, device=None) -> dict:
+    """Metrics of ``model`` on ``data_dir/split`` (and ROC plots into ``plots_dir``)."""
+    from pipeline.models import predict
+
+    task = get_task(config["task"])
+    data = collect(data_dir, split, config, limit=limit)
+    pred = predict(model, config, data[IMAGE], device=device)
+    labels = {c: data[c] for c in task.label_columns}
+    if task.name == "denoise":
+        labels["image"] = data[IMAGE]
+    out = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
+           for k, v in task.metrics(pred, labels, config).items()}
+    out["n"] = int(len(data[IMAGE]))
+    out["split"] = split
+    if plots_dir is not None and task.name != "denoise":
+        out["plots"] = roc_plots(task, config, pred, labels, plots_dir)
+    return out
+
+
+def evaluate_checkpoint(path, data_dir, split: str = "test", write: bool = False,
+                        plots_dir=None, limit: int | None = None) -> dict:
+    """Load a checkpoint directory, score it; with ``write`` store the result as the config's
+    ``metrics`` (held-out test metrics travel with the weights)."""
+    from pipeline.models import load_checkpoint
+    from pipeline.models.checkpoint import CONFIG_FILE
+
+    model, config = load_checkpoint(path)
+    res = evaluate_model(model, config, data_dir, split, plots_dir, limit)
+    if write:
+        config["metrics"] = {"split": split, "data": str(data_dir), **res}
+        (Path(path) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return res
+
+
+def denoiser_effect_on_detector(denoiser, dn_config: dict, detector, det_config: dict,
+                                data_dir, split: str = "test", limit: int | None = None) -> dict:
+    """Detector AUC/TPR0 on the raw cutouts vs on the denoised cutouts of a lens data set."""
+    from pipeline.models import predict
+    from pipeline.train.metrics import lens_metrics
+
+    data = collect(data_dir, split, det_config, limit=limit)
+    raw = predict(detector, det_config, data[IMAGE])["p_lens"]
+    clean = predict(denoiser, dn_config, data[IMAGE])["image"]
+    den = predict(detector, det_config, clean)["p_lens"]
+    a, b = lens_metrics(data["is_lens"], raw), lens_metrics(data["is_lens"], den)
+    return {"auc_raw": a["auc"], "auc_denoised": b["auc"], "tpr0_raw": a["tpr0"],
+            "tpr0_denoised": b["tpr0"], "n": int(len(raw))}
+
+
+def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str]:
+    """ROC curve(s) as PNG files (matplotlib, Agg); returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.train.metrics import roc_auc, roc_curve
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if task.name == "lens-detect":
+        curves = {"lens": (labels["is_lens"], pred["p_lens"])}
+    else:
+        cls = np.asarray(labels["substructure"]).astype(int)
+        curves = {c: (cls == i, pred[f"p_{c}"]) for i, c in enumerate(config["classes"])}
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, (y, s) in curves.items():
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate",
+           title=f"{config['task']}: {config['model']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = out_dir / f"roc_{config['task']}_{config['model']}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [str(path)]

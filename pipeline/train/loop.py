@@ -1,0 +1,284 @@
+"""ONE Ray Train loop for every stage (the task decides loss, metrics and outputs).
+
+``train(...)`` reads a simulated data directory with Ray Data, runs
+``train_loop_per_worker`` under ``ray.train.torch.TorchTrainer``, keeps the best epoch by the
+task's validation metric, exports it as ``out/model.safetensors`` + ``out/config.json`` (the
+thing a stage loads) and scores it on the held-out TEST split.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models.normalize import DEFAULT_NORMALIZATION
+from pipeline.models.tasks import get_task, model_kwargs
+
+#: defaults of the training recipe (every key can be overridden from the CLI / Tune)
+DEFAULTS = {
+    "epochs": 10, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "patience": 4,
+    "seed": 0, "threads": 1, "max_minutes": None, "shuffle_buffer": 2048,
+    "augment": {"max_shift": 2, "max_scale": 0.1, "p_scale": 0.3},
+}
+
+#: default network per stage (what the shipped weights use)
+DEFAULT_MODEL = {"denoise": "unet_denoiser", "lens-detect": "d4_resnet",
+                 "substructure": "d4_resnet"}
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Runs on every Ray Train worker: build model, iterate the dataset shards, report each
+    epoch's validation metrics with a safetensors checkpoint, stop early on no progress."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pipeline.models import create_model, save_checkpoint
+    from pipeline.train.augment import augment
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"] + rank)
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1000 + rank)
+    task = get_task(cfg["task"])
+
+    model = create_model(cfg["model"], **cfg["model_kwargs"])
+    start_epoch, best, since_best = 0, None, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # resume (Ray restarts after a failure, or a re-run of the same name)
+        from safetensors.torch import load_file
+
+        with ckpt.as_directory() as d:
+            model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
+            state = json.loads(Path(d, "config.json").read_text())
+            start_epoch = state["epoch"] + 1
+            best, since_best = state.get("best"), state.get("since_best", 0)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # cosine decay per epoch with a one-epoch linear warm-up
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1.0, (e + 1) / 2) * 0.5 * (
+        1 + math.cos(math.pi * min(e, cfg["epochs"]) / max(cfg["epochs"], 1))))
+    for _ in range(start_epoch):
+        sched.step()
+    sign = 1 if task.mode == "max" else -1
+    t0 = time.time()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        tot, n = 0.0, 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg["batch_size"], local_shuffle_buffer_size=cfg["shuffle_buffer"],
+            local_shuffle_seed=cfg["seed"] + epoch, drop_last=True, device=device,
+        ):
+            images = [batch["x"]] + ([batch["clean"]] if task.name == "denoise" else [])
+            images = augment(images, gen, **cfg["augment"])
+            batch["x"] = images[0]
+            if task.name == "denoise":
+                batch["clean"] = images[1]
+            loss = task.loss(model(batch["x"]), batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot, n = tot + float(loss) * len(batch["x"]), n + len(batch["x"])
+        sched.step()
+        metrics = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
+                   **_validate(model, task, val_shard, cfg, device)}
+        score = metrics.get(task.monitor, float("nan"))
+        improved = best is None or (np.isfinite(score) and sign * (score - best) > 0)
+        best, since_best = (score, 0) if improved else (best, since_best + 1)
+        out_of_time = cfg["max_minutes"] and (time.time() - t0) / 60 > cfg["max_minutes"]
+        stop = since_best >= cfg["patience"] or out_of_time or epoch == cfg["epochs"] - 1
+        if world > 1:  # every worker must take the same decision (rank 0's)
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)])
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                state = {**cfg, "epoch": epoch, "best": best, "since_best": since_best,
+                         "val_metrics": metrics}
+                save_checkpoint(model, state, d)
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            break
+
+
+def _validate(model, task, shard, cfg, device) -> dict:
+    import torch
+
+    model.eval()
+    outs, labels, tot, n = [], {c: [] for c in task.label_columns}, 0.0, 0
+    with torch.no_grad():
+        for batch in shard.iter_torch_batches(batch_size=256, device=device):
+            out = model(batch["x"])
+            tot += float(task.loss(out, batch, cfg)) * len(out)
+            n += len(out)
+            outs.append(out.float().cpu().numpy())
+            for c in task.label_columns:
+                labels[c].append(batch[c].cpu().numpy())
+            if task.name == "denoise":
+                labels.setdefault("image", []).append(batch["x"].cpu().numpy())
+    if n == 0:
+        return {"val_loss": float("nan")}
+    pred = task.decode(np.concatenate(outs), cfg)
+    lab = {k: np.concatenate(v) for k, v in labels.items()}
+    met = {f"val_{k}": float(v) for k, v in task.metrics(pred, lab, cfg).items()}
+    return {"val_loss": tot / n, **met}
+
+
+# ----------------------------------------------------------------------------- driver side
+def make_config(stage: str, data_dir, model: str | None = None, bands=None,
+                model_overrides: dict | None = None, **recipe) -> dict:
+    """The full training config: recipe defaults, data geometry from the manifest/shards,
+    task-implied model arguments. Fails before any work on bad input."""
+    from pipeline import __version__
+    from pipeline.models import list_models
+    from pipeline.train.data import read_manifest, split_paths
+
+    task = get_task(stage)
+    model = model or DEFAULT_MODEL[stage]
+    if model not in list_models(stage):
+        raise ValueError(f"model {model!r} does not serve stage {stage!r} "
+                         f"(choose from {list_models(stage)})")
+    unknown = set(recipe) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)} (known: {sorted(DEFAULTS)})")
+    for s in ("train", "val"):
+        split_paths(data_dir, s)
+    manifest = read_manifest(data_dir)
+    geom = _geometry(data_dir, manifest)
+    cfg = {**DEFAULTS, **{k: v for k, v in recipe.items() if v is not None}}
+    cfg["augment"] = {**DEFAULTS["augment"], **(recipe.get("augment") or {})}
+    cfg.update(task=stage, model=model, bands=list(bands or geom["bands"]), size=geom["size"],
+               pixel_scale=geom["pixel_scale"], normalization=dict(DEFAULT_NORMALIZATION),
+               lensray_version=__version__)
+    if stage == "substructure":
+        cfg["classes"] = list(task.classes)
+    if stage == "lens-detect":
+        cfg["classes"] = ["non-lens", "lens"]
+    cfg["trained"] = {"date": _dt.date.today().isoformat(), "data": str(data_dir),
+                      "preset": manifest.get("preset"), "data_seed": manifest.get("seed"),
+                      "seed": cfg["seed"]}
+    cfg["_model_overrides"] = dict(model_overrides or {})
+    return cfg
+
+
+def _geometry(data_dir, manifest: dict) -> dict:
+    """Bands, cutout size and pixel scale from the manifest, else from the first shard."""
+    bands = manifest.get("bands")
+    size = manifest.get("size") or manifest.get("num_pix")
+    scale = manifest.get("pixel_scale")
+    if not (bands and size and scale):
+        from astropy.io import fits
+
+        from pipeline.train.data import split_paths
+
+        f = split_paths(data_dir, "train")[0]
+        with fits.open(f, memmap=True) as hdul:
+            h0, cut = hdul[0].header, hdul["CUTOUTS"]
+            nb = int(h0.get("NBANDS", cut.header["NAXIS3"]))
+            bands = bands or [h0.get(f"BAND{i + 1}", str(i)) for i in range(nb)]
+            size = size or int(cut.header["NAXIS1"])
+            scale = scale or h0.get("PIXSCALE") or h0.get("PIXSCAL")
+    if not scale:
+        raise ValueError(f"{data_dir}: pixel scale unknown (no 'pixel_scale' in manifest.json "
+                         "and no PIXSCALE header)")
+    return {"bands": list(bands), "size": int(size), "pixel_scale": float(scale)}
+
+
+def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_workers: int = 1,
+          use_gpu: bool | None = None, cpus_per_worker: float = 0.5, storage_path=None,
+          name: str | None = None, callbacks=None, evaluate_test: bool = True,
+          model_overrides: dict | None = None, recipe_command: str | None = None,
+          **recipe) -> Path:
+    """Train ``stage`` on ``data_dir`` with Ray Train; export the best epoch to ``out_dir``.
+
+    ``recipe`` overrides :data:`DEFAULTS` (epochs, batch_size, lr, ...). ``use_gpu`` defaults
+    to CUDA availability. Returns ``out_dir`` (holding model.safetensors + config.json, with
+    held-out test metrics under ``metrics``).
+    """
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    from pipeline._ray import ensure_ray
+    from pipeline.train.data import load_split, target_stats
+
+    cfg = make_config(stage, data_dir, model, model_overrides=model_overrides, **recipe)
+    if recipe_command:
+        cfg["trained"]["recipe"] = recipe_command
+    ensure_ray()
+    use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+    train_ds = load_split(data_dir, "train", stage, cfg).materialize()
+    val_ds = load_split(data_dir, "val", stage, cfg).materialize()
+    cfg["targets"] = target_stats(train_ds, stage) if stage == "substructure" else {}
+    cfg["trained"]["n_train"], cfg["trained"]["n_val"] = train_ds.count(), val_ds.count()
+    cfg["model_kwargs"] = model_kwargs(stage, cfg["model"], cfg, **cfg.pop("_model_overrides"))
+    out_dir = Path(out_dir)
+    name = name or f"{stage}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = Path(storage_path or out_dir / "ray_runs").resolve()
+    task = get_task(stage)
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=cfg,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        datasets={"train": train_ds, "val": val_ds},
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(storage), callbacks=callbacks,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=task.monitor,
+                checkpoint_score_order=task.mode)),
+    )
+    result = trainer.fit()
+    best = best_checkpoint(result, task)
+    export_checkpoint(best, out_dir)
+    if evaluate_test:
+        from pipeline.train.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(out_dir, data_dir, split="test", write=True)
+    return out_dir
+
+
+def best_checkpoint(result, task) -> str:
+    """Path of the best reported checkpoint by the task's monitored metric."""
+    cands = [(c, m) for c, m in (result.best_checkpoints or []) if c is not None]
+    if not cands:
+        if result.checkpoint is None:
+            raise RuntimeError(f"training reported no checkpoint (error: {result.error})")
+        return result.checkpoint.path
+    sign = 1 if task.mode == "max" else -1
+
+    def key(cm):
+        v = cm[1].get(task.monitor, float("nan"))
+        return sign * v if v == v else -math.inf
+
+    return max(cands, key=key)[0].path
+
+
+def export_checkpoint(src, out_dir) -> Path:
+    """Copy a reported checkpoint to ``out_dir``, dropping training-only bookkeeping."""
+    from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(src) / WEIGHTS_FILE, out_dir / WEIGHTS_FILE)
+    cfg = json.loads((Path(src) / CONFIG_FILE).read_text())
+    cfg.pop("since_best", None)
+    cfg.pop("best", None)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return out_dir

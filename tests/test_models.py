@@ -1,0 +1,146 @@
+"""Registry, shapes, symmetry, normalisation and checkpoint round trips of every network."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.models import (
+    DEFAULT_NORMALIZATION,
+    create_model,
+    denormalize,
+    fit_cutouts,
+    list_models,
+    load_checkpoint,
+    load_pretrained,
+    normalize,
+    predict,
+    save_checkpoint,
+)
+from pipeline.models.tasks import model_kwargs
+
+CLASSIFIERS = ["deeplens_resnet", "lastro_cnn", "d4_resnet"]
+TARGETS = {"log10_m_axion": {"class": 2, "mean": -23.0, "std": 0.6},
+           "sigma_sub": {"class": 1, "mean": 0.05, "std": 0.02}}
+
+
+def _config(task: str, model: str, bands=("VIS",), size=32) -> dict:
+    cfg = {"task": task, "model": model, "bands": list(bands), "size": size, "pixel_scale": 0.1,
+           "normalization": dict(DEFAULT_NORMALIZATION)}
+    if task == "substructure":
+        cfg.update(classes=["no_sub", "cdm", "vortex"], targets=TARGETS)
+    cfg["model_kwargs"] = model_kwargs(task, model, cfg)
+    return cfg
+
+
+def _images(n=4, bands=1, size=32, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (100 + 5 * rng.standard_normal((n, bands, size, size))).astype(np.float32)
+
+
+def test_registry_lists_models_per_task():
+    assert set(CLASSIFIERS) <= set(list_models("lens-detect"))
+    assert "d4_resnet" in list_models("substructure")
+    assert list_models("denoise") == ["unet_denoiser"]
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("bands", [1, 3])
+def test_classifier_shapes_multiband(name, bands):
+    m = create_model(name, in_channels=bands, num_outputs=7).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, bands, 64, 64))
+    assert out.shape == (2, 7)
+    # small enough to ship (<= 20 MB of float32)
+    assert sum(p.numel() for p in m.parameters()) * 4 < 20e6
+
+
+@pytest.mark.parametrize("bands", [1, 3])
+def test_unet_shapes_odd_sizes(bands):
+    m = create_model("unet_denoiser", in_channels=bands).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, bands, 50, 50)).shape == (2, bands, 50, 50)
+
+
+def test_d4_resnet_is_exactly_invariant_in_eval():
+    m = create_model("d4_resnet", in_channels=1, num_outputs=3).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        for k in (1, 2, 3):
+            assert torch.allclose(m(torch.rot90(x, k, dims=(-2, -1))), ref, atol=1e-5)
+        assert torch.allclose(m(torch.flip(x, dims=(-1,))), ref, atol=1e-5)
+
+
+def test_normalization_is_unit_free_and_invertible():
+    x = _images(3, 2)
+    z, sky, noise = normalize(x)
+    # same cutout in other units/zero point -> same network input
+    z2, _, _ = normalize(7.5 * x - 40.0)
+    assert np.allclose(z, z2, atol=1e-4)
+    np.testing.assert_allclose(sky, 100, atol=1.0)
+    np.testing.assert_allclose(noise, 5, rtol=0.15)
+    np.testing.assert_allclose(denormalize(z, sky, noise), x, rtol=1e-5)
+    # noiseless and NaN input never divide by zero
+    flat = np.zeros((1, 1, 16, 16), np.float32)
+    flat[0, 0, 0, 0] = np.nan
+    assert np.isfinite(normalize(flat)[0]).all()
+
+
+@pytest.mark.parametrize("task,model", [("lens-detect", "d4_resnet"),
+                                        ("lens-detect", "lastro_cnn"),
+                                        ("substructure", "deeplens_resnet"),
+                                        ("denoise", "unet_denoiser")])
+def test_checkpoint_round_trip_and_predict_columns(tmp_path, task, model):
+    cfg = _config(task, model, bands=("g", "r"))
+    m = create_model(model, **cfg["model_kwargs"]).eval()
+    x = _images(5, 2)
+    p = predict(m, cfg, x)
+    save_checkpoint(m, cfg, tmp_path / "ck")
+    assert sorted(f.name for f in (tmp_path / "ck").iterdir()) == ["config.json",
+                                                                   "model.safetensors"]
+    m2, cfg2 = load_checkpoint(tmp_path / "ck" / "model.safetensors")
+    assert cfg2 == json.loads(json.dumps(cfg))
+    p2 = predict(m2, cfg2, x)
+    assert p.keys() == p2.keys()
+    for k in p:
+        np.testing.assert_array_equal(p[k], p2[k])
+        assert p[k].dtype == np.float32 and len(p[k]) == 5
+    if task == "lens-detect":
+        assert set(p) == {"p_lens"} and ((p["p_lens"] >= 0) & (p["p_lens"] <= 1)).all()
+    elif task == "substructure":
+        assert set(p) == {"p_no_sub", "p_cdm", "p_vortex", "log10_m_axion",
+                          "log10_m_axion_sigma", "sigma_sub", "sigma_sub_sigma"}
+        np.testing.assert_allclose(p["p_no_sub"] + p["p_cdm"] + p["p_vortex"], 1, atol=1e-5)
+        assert (p["log10_m_axion_sigma"] > 0).all()
+    else:
+        assert p["image"].shape == x.shape
+        # denoised output is in the input's units (sky ~100), not in noise units
+        assert abs(float(np.median(p["image"])) - 100) < 10
+
+
+def test_predict_rejects_wrong_geometry_and_load_errors(tmp_path):
+    cfg = _config("lens-detect", "d4_resnet")
+    m = create_model("d4_resnet", **cfg["model_kwargs"])
+    with pytest.raises(ValueError, match=r"expects \(N, 1, 32, 32\)"):
+        predict(m, cfg, _images(2, 1, 40))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="unknown stage"):
+        load_pretrained("nope")
+
+
+def test_fit_cutouts_resamples_to_model_pixel_scale():
+    cfg = {"pixel_scale": 0.2, "size": 32}
+    x = np.zeros((1, 1, 100, 100), np.float32)
+    x[..., 50, 50] = 1.0
+    y = fit_cutouts(x, 0.1, cfg)  # 100 px at 0.1" = 50 px at 0.2", centre-cropped to 32
+    assert y.shape == (1, 1, 32, 32) and np.isfinite(y).all()
+    assert np.unravel_index(np.argmax(y[0, 0]), (32, 32)) in {(16, 16), (15, 15), (15, 16), (16, 15)}
+    small = fit_cutouts(np.ones((1, 1, 10, 10), np.float32), 0.2, cfg)  # padded with NaN (sky)
+    assert np.isnan(small).sum() == 32 * 32 - 100
