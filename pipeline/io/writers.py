@@ -171,3 +171,125 @@ def write_cube_shard(
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# ----------------------------------------------------------------------------- catalogues
+CATALOG_DIR = "catalog"
+ERRORS_DIR = "errors"
+IMAGE_COLUMNS = (schema.IMAGE, "clean")
+
+
+def write_catalog(
+    data: Any,
+    out_dir: str | os.PathLike,
+    *,
+    drop_columns: Sequence[str] = IMAGE_COLUMNS,
+    mode: str = "overwrite",
+) -> dict[str, int]:
+    """Write a catalogue as Parquet: good rows to ``<out>/catalog/``, error rows to ``<out>/errors/``.
+
+    Image columns are dropped (``drop_columns`` plus any other tensor column of 2 or more
+    dimensions); a ``lensray_version`` column is added next to the provenance columns ``source`` and
+    ``index`` (added as nulls if the input lacks them). Rows without an ``error`` column are good.
+
+    Args:
+        data: a ``ray.data.Dataset`` (executed once), a ``pyarrow.Table``, a pandas DataFrame or a
+            dict of 1-D columns.
+        out_dir: local directory or URI (``s3://...``); created if needed.
+        drop_columns: columns to leave out of the catalogue.
+        mode: "overwrite" (default: a rerun replaces the previous catalogue) or "append".
+
+    Returns:
+        ``{"rows": n, "good": n_good, "errors": n_errors}`` with rows == good + errors.
+    """
+    if mode not in ("overwrite", "append"):
+        raise ValueError(f"mode must be 'overwrite' or 'append', got {mode!r}")
+    out = os.fspath(out_dir).rstrip("/")
+    if hasattr(data, "materialize") and hasattr(data, "write_parquet"):
+        return _write_catalog_ray(data, out, drop_columns, mode)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _as_arrow(data)
+    table = _catalog_table(table.drop_columns(_to_drop(table.schema, drop_columns)))
+    good, errors = _split(table)
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+        target = f"{out}/{sub}"
+        fs, path = pa.fs.FileSystem.from_uri(target if "://" in target else os.path.abspath(target))
+        if mode == "overwrite":
+            try:
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+            except OSError:
+                pass
+        fs.create_dir(path, recursive=True)
+        if part.num_rows:
+            import uuid
+
+            pq.write_table(part, f"{path}/{uuid.uuid4().hex}.parquet", filesystem=fs)
+    return {"rows": table.num_rows, "good": good.num_rows, "errors": errors.num_rows}
+
+
+def _as_arrow(data: Any):
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if isinstance(data, Mapping):
+        return pa.table({k: list(v) if np.asarray(v).ndim > 1 else v for k, v in data.items()})
+    raise TypeError(f"cannot write a catalogue from {type(data)!r}")
+
+
+def _to_drop(arrow_schema, drop_columns: Sequence[str]) -> list[str]:
+    """Named image columns + any tensor column of >= 2 dimensions (images, maps)."""
+    drop = []
+    for f in arrow_schema:
+        ndim = getattr(f.type, "ndim", None) or len(getattr(f.type, "shape", ()) or ())
+        if f.name in drop_columns or ndim >= 2:
+            drop.append(f.name)
+    return drop
+
+
+def _catalog_table(table):
+    """Add the provenance columns (lensray_version, and source/index if missing)."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    if schema.SOURCE not in table.column_names:
+        table = table.append_column(schema.SOURCE, pa.nulls(n, pa.string()))
+    if schema.INDEX not in table.column_names:
+        table = table.append_column(schema.INDEX, pa.nulls(n, pa.int64()))
+    if schema.ERROR not in table.column_names:
+        table = table.append_column(schema.ERROR, pa.nulls(n, pa.string()))
+    elif pa.types.is_null(table.schema.field(schema.ERROR).type):
+        table = table.set_column(
+            table.schema.get_field_index(schema.ERROR), schema.ERROR, pa.nulls(n, pa.string())
+        )
+    return table.append_column("lensray_version", pa.array([_version()] * n, pa.string()))
+
+
+def _split(table):
+    import pyarrow.compute as pc
+
+    is_error = pc.fill_null(
+        pc.and_(pc.is_valid(table[schema.ERROR]), pc.not_equal(table[schema.ERROR], "")), False
+    )
+    return table.filter(pc.invert(is_error)), table.filter(is_error)
+
+
+def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
+    drop = _to_drop(ds.schema().base_schema, drop_columns)
+    if drop:
+        ds = ds.drop_columns(drop)
+    cat = ds.map_batches(_catalog_table, batch_format="pyarrow").materialize()
+    good = cat.map_batches(lambda t: _split(t)[0], batch_format="pyarrow").materialize()
+    errors = cat.map_batches(lambda t: _split(t)[1], batch_format="pyarrow").materialize()
+    counts = {"rows": cat.count(), "good": good.count(), "errors": errors.count()}
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+        target = f"{out}/{sub}"
+        if "://" not in target:
+            target = os.path.abspath(target)
+            os.makedirs(target, exist_ok=True)
+        part.write_parquet(target, mode=mode)
+    return counts

@@ -1,0 +1,503 @@
+"""Decode one FITS file's bytes into cutout rows: the pure core of :func:`read_cutouts`.
+
+No Ray here: :func:`decode_fits` turns bytes into a column batch (dict of NumPy arrays) following
+:mod:`pipeline.io.schema`; the Ray datasource calls it once per file, tests and the serial
+benchmark call it directly. Files are parsed from memory (never memory-mapped), so no file handle
+outlives the read however many files a job touches.
+
+Layouts, detected per file (first rule that applies):
+
+1. **lensray cube shard**: an extension named ``CUTOUTS`` (N x H x W or N x B x H x W). One row
+   per slice; ids, ``ra``/``dec`` and label columns from the ``CATALOG`` table or, if absent, the
+   sibling Parquet file ``<stem>.parquet``; band names from the PRIMARY ``BAND1..BANDn`` keywords.
+   A 3-D array in PRIMARY is *not* a shard: without ``CUTOUTS`` it is one multi-band cutout.
+2. **named extensions** (any image HDU with an ``EXTNAME``, e.g. Euclid Q1 ``VIS_FLUX``,
+   ``VIS_PSF``, ``VIS_RMS``...): the planes of ONE cutout, one row per file. ``bands`` picks HDUs by
+   ``EXTNAME == band`` or ``EXTNAME == band + "_FLUX"`` (case-insensitive); without ``bands``, all
+   ``*_FLUX`` HDUs in file order, else the first image HDU with data.
+3. **unnamed image HDUs**: each image HDU with data is one cutout (index = HDU number), 2-D is one
+   band, 3-D is bands x H x W (e.g. HSC g,r,i,z,y in PRIMARY). ``bands`` selects planes by the
+   header's ``BAND1..BANDn`` names, or takes all planes in file order when their number equals
+   ``len(bands)`` (a single-band file read with ``bands=["VIS"]``).
+
+Anything that goes wrong becomes a row with ``error = "<source>: <reason>"`` (file-level problems:
+one row with ``index = -1``), never an exception, unless ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import schema
+from pipeline.io.coords import centre_radec
+from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
+from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
+
+CLEAN = "clean"  # noiseless image column of cube shards, read with clean=True
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fits.fz")
+_RESERVED = set(schema.BASE_COLUMNS) | {CLEAN}
+_CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra bytes")
+
+
+class CutoutReadError(ValueError):
+    """A file or cutout could not be read (raised only with ``strict=True``)."""
+
+
+class _Reason(Exception):
+    """Why a file or cutout is unreadable (becomes the text after '<source>: ')."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What to read from each file and how (validated before any file is touched)."""
+
+    bands: tuple[str, ...] | None = None
+    size: int | None = None
+    clean: bool = False
+    max_nonfinite: float = 0.1
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.bands is not None:
+            if isinstance(self.bands, str):
+                object.__setattr__(self, "bands", (self.bands,))
+            bands = tuple(str(b) for b in self.bands)
+            if not bands or any(not b for b in bands):
+                raise ValueError(f"bands must be a non-empty list of names, got {self.bands!r}")
+            if len({b.upper() for b in bands}) != len(bands):
+                raise ValueError(f"bands contains duplicates: {list(bands)}")
+            object.__setattr__(self, "bands", bands)
+        if self.size is not None and (
+            isinstance(self.size, bool)
+            or not isinstance(self.size, (int, np.integer))
+            or self.size < 1
+        ):
+            raise ValueError(f"size must be a positive integer or None, got {self.size!r}")
+        if not 0.0 <= float(self.max_nonfinite) <= 1.0:
+            raise ValueError(
+                f"max_nonfinite must be a fraction in [0, 1], got {self.max_nonfinite!r}"
+            )
+
+    def error_image(self, nbands: int | None = None) -> np.ndarray:
+        """The placeholder image of an error row: zeros of the target shape (no pixels without size)."""
+        b = len(self.bands) if self.bands else (nbands or 1)
+        side = self.size or 0
+        return np.zeros((b, side, side), dtype=np.float32)
+
+
+def file_stem(source: str) -> str:
+    """File name without directories and FITS suffixes: 's3://b/x/EUCLJ1.5+6.fits.gz' -> 'EUCLJ1.5+6'."""
+    name = str(source).rstrip("/").rsplit("/", 1)[-1]
+    lower = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name.rsplit(".", 1)[0] if "." in name[1:] else name
+
+
+# ----------------------------------------------------------------------------- public core
+def decode_fits(
+    data: bytes,
+    source: str,
+    options: ReadOptions | None = None,
+    sidecar: Callable[[], Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Decode one FITS file (its bytes) into a batch of cutout rows.
+
+    Args:
+        data: the file's bytes (already decompressed or gzip; astropy detects gzip).
+        source: the path/URI recorded in the ``source`` column and in error messages.
+        options: bands, size, clean, max_nonfinite, strict (see :class:`ReadOptions`).
+        sidecar: called (only for a cube shard without a CATALOG HDU) to get the sibling Parquet
+            table as a ``pyarrow.Table``, or None when there is none.
+
+    Returns:
+        dict of equal-length NumPy arrays: the base columns of :mod:`pipeline.io.schema`, label
+        columns for cube shards, and ``clean`` when ``options.clean``. ``image`` is a 4-D array when
+        all rows share a shape, else an object array of (bands, H, W) arrays.
+
+    Raises:
+        CutoutReadError: only with ``options.strict``, for the first unreadable file or cutout.
+    """
+    options = options or ReadOptions()
+    stem = file_stem(source)
+    try:
+        batch = _decode(data, source, stem, options, sidecar)
+    except Exception as exc:  # one bad file becomes one error row, never a failed job
+        reason = str(exc) if isinstance(exc, _Reason) else f"{type(exc).__name__}: {exc}"
+        batch = _file_error_batch(source, stem, reason, options)
+    if options.strict:
+        for err in batch[schema.ERROR]:
+            if err is not None:
+                raise CutoutReadError(err)
+    return batch
+
+
+def read_fits_file(path: str, options: ReadOptions | None = None) -> dict[str, np.ndarray]:
+    """Read a local FITS file into a batch of rows (plain Python, no Ray): bytes in, handle closed."""
+    import os
+
+    options = options or ReadOptions()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        batch = _file_error_batch(
+            str(path), file_stem(str(path)), f"cannot open ({exc.strerror})", options
+        )
+        if options.strict:
+            raise CutoutReadError(batch[schema.ERROR][0]) from exc
+        return batch
+
+    def sidecar():
+        parquet = _sibling_parquet(str(path))
+        if not os.path.exists(parquet):
+            return None
+        import pyarrow.parquet as pq
+
+        return pq.read_table(parquet)
+
+    return decode_fits(data, str(path), options, sidecar)
+
+
+def _sibling_parquet(path: str) -> str:
+    stem = file_stem(path)
+    head = path.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return f"{head}{stem}.parquet"
+
+
+# ----------------------------------------------------------------------------- dispatch
+def _decode(data, source, stem, options, sidecar) -> dict[str, np.ndarray]:
+    from astropy.io import fits
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True)
+        except OSError as exc:
+            raise _Reason(f"not a readable FITS file ({exc})") from exc
+        try:
+            with hdul:
+                hdus = list(hdul)  # parses every header now
+                names = [h.name.upper() for h in hdus]
+                if CUTOUTS_EXT in names:
+                    parts = _shard(hdus, names, stem, options, sidecar)
+                else:
+                    parts = _images(hdus, stem, options)
+        except Exception:
+            _check_corruption(caught)  # report the cause (truncation), not its symptom
+            raise
+        _check_corruption(caught)
+    return _assemble(parts, source, options)
+
+
+def _check_corruption(caught) -> None:
+    for w in caught:
+        text = str(w.message)
+        if any(hint in text.lower() for hint in _CORRUPT_HINTS):
+            raise _Reason(f"truncated or corrupt FITS file ({' '.join(text.split())})")
+
+
+@dataclass
+class _Parts:
+    """Decoded rows of one file before assembly (images as a stack or a list)."""
+
+    ids: list[str]
+    index: list[int]
+    ra: list[float]
+    dec: list[float]
+    images: list[np.ndarray] | np.ndarray
+    errors: list[str | None]
+    clean: list[np.ndarray] | np.ndarray | None = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.ndarray]:
+    n = len(parts.ids)
+    errors = np.array([None if e is None else f"{source}: {e}" for e in parts.errors], dtype=object)
+    batch = {
+        schema.ID: np.array(parts.ids, dtype=object),
+        schema.RA: np.asarray(parts.ra, dtype=np.float64),
+        schema.DEC: np.asarray(parts.dec, dtype=np.float64),
+        schema.IMAGE: _stack(parts.images),
+        schema.SOURCE: np.full(n, source, dtype=object),
+        schema.INDEX: np.asarray(parts.index, dtype=np.int64),
+        schema.ERROR: errors,
+    }
+    if options.clean:
+        batch[CLEAN] = _stack(parts.clean)
+    batch.update(parts.labels)
+    return batch
+
+
+def _stack(images) -> np.ndarray:
+    if isinstance(images, np.ndarray):
+        return images
+    if len({im.shape for im in images}) == 1:
+        return np.stack(images)
+    out = np.empty(len(images), dtype=object)
+    out[:] = list(images)
+    return out
+
+
+def _file_error_batch(source, stem, reason, options) -> dict[str, np.ndarray]:
+    img = options.error_image()
+    parts = _Parts([f"{stem}:-1"], [-1], [math.nan], [math.nan], [img], [reason], [img])
+    return _assemble(parts, source, options)
+
+
+# ----------------------------------------------------------------------------- pixel finishing
+def _finish(stack: np.ndarray, errors: list, options: ReadOptions) -> np.ndarray:
+    """Non-finite policy then size policy on (N, B, H, W); fills ``errors`` in place."""
+    stack, reasons = fix_nonfinite(stack, options.max_nonfinite)
+    for i, r in enumerate(reasons):
+        if r is not None and errors[i] is None:
+            errors[i] = r
+    if options.size is not None:
+        from pipeline.io.pixels import band_median
+
+        stack = centre_crop_or_pad(stack, options.size, band_median(stack))
+    bad = [i for i, e in enumerate(errors) if e is not None]
+    if bad:
+        stack[bad] = 0.0
+    return np.ascontiguousarray(stack, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- plane selection
+def _select_planes(names: Sequence[str] | None, nplanes: int, bands, where: str) -> list[int]:
+    """Indices of the requested bands among ``nplanes`` planes with optional ``names``."""
+    if bands is None:
+        return list(range(nplanes))
+    if names:
+        upper = [n.upper() for n in names]
+        missing = [b for b in bands if b.upper() not in upper]
+        if missing:
+            raise _Reason(
+                f"band {missing[0]!r} not found in {where} (available: {', '.join(names)})"
+            )
+        return [upper.index(b.upper()) for b in bands]
+    if nplanes == len(bands):
+        return list(range(nplanes))
+    raise _Reason(
+        f"{where} has {nplanes} planes without band names; cannot select bands {list(bands)}"
+    )
+
+
+def _band_keywords(header, nplanes: int) -> list[str] | None:
+    names = [header.get(f"BAND{k}") for k in range(1, nplanes + 1)]
+    return [str(n) for n in names] if all(n is not None for n in names) else None
+
+
+def _planes(data, where: str) -> np.ndarray:
+    """An HDU's data as float32 (B, H, W)."""
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim == 3:
+        return arr
+    raise _Reason(
+        f"{where} has {arr.ndim} dimensions {arr.shape} (expected H x W or bands x H x W)"
+    )
+
+
+# ----------------------------------------------------------------------------- image layouts
+_IMAGE_TYPES: tuple = ()
+
+
+def _is_image(hdu) -> bool:
+    global _IMAGE_TYPES
+    if not _IMAGE_TYPES:
+        from astropy.io import fits
+
+        _IMAGE_TYPES = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+    return isinstance(hdu, _IMAGE_TYPES)
+
+
+def _shape(hdu) -> tuple[int, ...]:
+    """Array shape from the header (NumPy order), without loading the data."""
+    naxis = int(hdu.header.get("NAXIS", 0) or 0)
+    return tuple(int(hdu.header.get(f"NAXIS{k}", 0)) for k in range(naxis, 0, -1))
+
+
+def _describe(hdus) -> str:
+    return ", ".join(
+        f"{i}:{h.name or '(unnamed)'}{list(_shape(h)) if _is_image(h) else ''}"
+        for i, h in enumerate(hdus)
+    )
+
+
+def _images(hdus, stem: str, options: ReadOptions) -> _Parts:
+    images = [(i, h) for i, h in enumerate(hdus) if _is_image(h) and _shape(h)]
+    if not images:
+        raise _Reason(f"no image HDU with data (HDUs: {_describe(hdus)})")
+    empty = [(i, h) for i, h in images if 0 in _shape(h)]
+    if len(empty) == len(images):
+        raise _Reason(f"empty image HDU(s) (HDUs: {_describe(hdus)})")
+    with_data = [(i, h) for i, h in images if 0 not in _shape(h)]
+    if options.clean:
+        raise _Reason(f"clean=True needs a lensray cube shard with a {CLEAN_EXT} extension")
+    primary = hdus[0].header
+    if any(h.header.get("EXTNAME") for _, h in with_data):
+        cutouts = [_named_cutout(with_data, primary, options)]
+    else:
+        cutouts = [_unnamed_cutout(i, h, primary, options) for i, h in with_data]
+    parts = _Parts([], [], [], [], [], [], [])
+    for index, image, (ra, dec), err in cutouts:
+        errs = [err]
+        if image is not None:
+            image = _finish(image[None], errs, options)[0]
+        if errs[0] is not None:
+            image = options.error_image(None if image is None else image.shape[0])
+        parts.ids.append(f"{stem}:{index}")
+        parts.index.append(index)
+        parts.ra.append(ra)
+        parts.dec.append(dec)
+        parts.images.append(image)
+        parts.errors.append(errs[0])
+    parts.clean = list(parts.images)
+    return parts
+
+
+def _named_cutout(with_data, primary, options):
+    by_name = {h.name.upper(): (i, h) for i, h in with_data}
+    index = with_data[0][0]
+    try:
+        if options.bands:
+            chosen = []
+            for band in options.bands:
+                hit = by_name.get(band.upper()) or by_name.get(band.upper() + "_FLUX")
+                if hit is None:
+                    names = ", ".join(h.name for _, h in with_data)
+                    raise _Reason(
+                        f"band {band!r} not found: no HDU named {band.upper()!r} or "
+                        f"{band.upper() + '_FLUX'!r} (available: {names})"
+                    )
+                chosen.append(hit)
+        else:
+            chosen = [(i, h) for i, h in with_data if h.name.upper().endswith("_FLUX")] or [
+                with_data[0]
+            ]
+        index = chosen[0][0]
+        planes = [_planes(h.data, f"HDU {i} ({h.name})") for i, h in chosen]
+        if len(planes) > 1 and any(p.shape[0] != 1 for p in planes):
+            raise _Reason(
+                "a multi-band selection needs 2-D HDUs, got "
+                + ", ".join(f"{h.name} {list(_shape(h))}" for _, h in chosen)
+            )
+        if len({p.shape[1:] for p in planes}) > 1:
+            raise _Reason(
+                "bands have different shapes: "
+                + ", ".join(
+                    f"{h.name} {p.shape[1]}x{p.shape[2]}"
+                    for (_, h), p in zip(chosen, planes, strict=True)
+                )
+            )
+        image = np.concatenate(planes) if len(planes) > 1 else planes[0]
+        pos = centre_radec(chosen[0][1].header, *image.shape[1:], fallback=primary)
+        return index, image, pos, None
+    except _Reason as exc:
+        return index, None, (math.nan, math.nan), str(exc)
+
+
+def _unnamed_cutout(i, hdu, primary, options):
+    try:
+        image = _planes(hdu.data, f"HDU {i}")
+        names = _band_keywords(hdu.header, image.shape[0])
+        if names is None and image.shape[0] == 1 and options.bands:
+            _check_filter(hdu.header, options.bands[0], f"HDU {i}")
+        image = image[_select_planes(names, image.shape[0], options.bands, f"HDU {i}")]
+        pos = centre_radec(hdu.header, *image.shape[1:], fallback=primary if i else None)
+        return i, image, pos, None
+    except _Reason as exc:
+        return i, None, (math.nan, math.nan), str(exc)
+
+
+def _check_filter(header, band: str, where: str) -> None:
+    """An unnamed single plane is accepted for one requested band unless FILTER contradicts it."""
+    filt = str(header.get("FILTER", "")).strip().upper()
+    if filt and band.upper() not in filt and filt not in band.upper():
+        raise _Reason(f"{where} has FILTER={filt!r}, not band {band!r}")
+
+
+# ----------------------------------------------------------------------------- cube shards
+def _shard(hdus, names, stem, options, sidecar) -> _Parts:
+    primary = hdus[0].header
+    cut = hdus[names.index(CUTOUTS_EXT)]
+    if cut.data is None:
+        raise _Reason(f"{CUTOUTS_EXT} extension is empty")
+    stack = np.asarray(cut.data, dtype=np.float32)
+    if stack.ndim == 3:
+        stack = stack[:, None]
+    if stack.ndim != 4 or 0 in stack.shape:
+        raise _Reason(
+            f"{CUTOUTS_EXT} has shape {stack.shape} (expected N x H x W or N x bands x H x W)"
+        )
+    n, nb = stack.shape[:2]
+    sel = _select_planes(_band_keywords(primary, nb), nb, options.bands, CUTOUTS_EXT)
+    stack = stack[:, sel]
+    clean = None
+    if options.clean:
+        if CLEAN_EXT not in names or hdus[names.index(CLEAN_EXT)].data is None:
+            raise _Reason(f"clean=True but the shard has no {CLEAN_EXT} extension")
+        clean = np.asarray(hdus[names.index(CLEAN_EXT)].data, dtype=np.float32)
+        clean = clean.reshape(n, nb, *stack.shape[2:])[:, sel]
+
+    table = _shard_table(hdus, names, sidecar)
+    if table is not None:
+        bad = {k: len(v) for k, v in table.items() if len(v) != n}
+        if bad:
+            raise _Reason(f"catalogue has {next(iter(bad.values()))} rows for {n} cutouts")
+        clash = sorted(set(table) & (_RESERVED - {schema.ID, schema.RA, schema.DEC}))
+        if clash:
+            raise _Reason(f"catalogue columns {clash} clash with reserved row columns")
+    table = table or {}
+    ids = table.pop(schema.ID, None)
+    ids = [str(x) for x in ids] if ids is not None else [f"{stem}:{i}" for i in range(n)]
+    nan = np.full(n, np.nan)
+    ra = np.asarray(table.pop(schema.RA, nan), dtype=np.float64)
+    dec = np.asarray(table.pop(schema.DEC, nan), dtype=np.float64)
+
+    errors: list[str | None] = [None] * n
+    stack = _finish(stack, errors, options)
+    if clean is not None:
+        clean_errors: list[str | None] = [None] * n
+        clean = _finish(clean, clean_errors, options)
+        for i, e in enumerate(clean_errors):
+            if e is not None and errors[i] is None:
+                errors[i] = f"{CLEAN_EXT}: {e}"
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        stack[bad] = 0.0
+        clean[bad] = 0.0
+    return _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
+
+
+def _shard_table(hdus, names, sidecar) -> dict[str, np.ndarray] | None:
+    if CATALOG_EXT in names:
+        from astropy.table import Table
+
+        t = Table.read(hdus[names.index(CATALOG_EXT)], character_as_bytes=False)
+        cols = {name: np.asarray(t[name]) for name in t.colnames}
+    else:
+        pa_table = sidecar() if sidecar is not None else None
+        if pa_table is None:
+            return None
+        cols = {
+            name: np.asarray(pa_table.column(name).to_numpy(zero_copy_only=False))
+            for name in pa_table.column_names
+        }
+    return {name: _native(col) for name, col in cols.items()}
+
+
+def _native(col: np.ndarray) -> np.ndarray:
+    if col.dtype.kind in "US":
+        return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in col], dtype=object)
+    if col.dtype.byteorder not in ("=", "|"):
+        return col.astype(col.dtype.newbyteorder("="))
+    return col

@@ -1,0 +1,248 @@
+"""``read_cutouts``: FITS cutouts from files, directories, globs or URIs into a Ray Dataset.
+
+Ray has no FITS reader, so :class:`FitsDatasource` subclasses Ray Data's ``FileBasedDatasource``:
+Ray lists, opens (pyarrow filesystems: local, s3://, gs://, ...) and schedules; each file's bytes
+go to :func:`pipeline.io.decode.decode_fits`, which does all the astropy work. Files are read
+whole into memory and parsed there (no memmap), so open handles never pile up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray.data.datasource import FileBasedDatasource
+
+from pipeline.io import schema
+from pipeline.io.decode import FITS_SUFFIXES, ReadOptions, _sibling_parquet, decode_fits
+
+if TYPE_CHECKING:
+    import pyarrow
+    import ray.data
+
+_GLOB_CHARS = "*?["
+_MAX_BLOCK_BYTES = 64 << 20  # split a big shard into blocks of at most this many image bytes
+
+
+class FitsDatasource(FileBasedDatasource):
+    """Ray Data datasource yielding one row per cutout (see :mod:`pipeline.io.decode`)."""
+
+    def __init__(self, paths: list[str], options: ReadOptions, **file_based_kwargs: Any):
+        super().__init__(paths, **file_based_kwargs)
+        self._options = options
+        first = paths[0] if paths else ""
+        # Ray strips "s3://" & co. from the paths it hands us; put it back for the source column.
+        self._scheme = first.split("://", 1)[0] + "://" if "://" in first else ""
+
+    def _read_stream(self, f: pyarrow.NativeFile, path: str) -> Iterator[Any]:
+        from ray.data.block import BlockAccessor
+
+        source = path if "://" in path else self._scheme + path
+        batch = decode_fits(f.read(), source, self._options, lambda: self._sidecar(path))
+        for chunk in _chunks(batch):
+            yield _fix_types(BlockAccessor.batch_to_block(chunk))
+
+    def _sidecar(self, path: str):
+        """The cube shard's sibling Parquet catalogue, or None."""
+        import pyarrow.parquet as pq
+        from pyarrow.fs import FileType
+
+        parquet = _sibling_parquet(path)
+        fs = self._filesystem.unwrap() if hasattr(self._filesystem, "unwrap") else self._filesystem
+        if fs.get_file_info(parquet).type != FileType.File:
+            return None
+        return pq.read_table(parquet, filesystem=fs)
+
+
+def _chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    n = len(batch[schema.ID])
+    image = batch[schema.IMAGE]
+    row_bytes = image[0].nbytes if n and image.dtype != object else 0
+    step = max(1, _MAX_BLOCK_BYTES // row_bytes) if row_bytes else n or 1
+    if n <= step:
+        yield batch
+        return
+    for start in range(0, n, step):
+        yield {k: v[start : start + step] for k, v in batch.items()}
+
+
+def _fix_types(table: pyarrow.Table) -> pyarrow.Table:
+    """Give all-null text columns (a file with no errors) a string type, so blocks unify."""
+    import pyarrow as pa
+
+    for name in (schema.ERROR,):
+        i = table.schema.get_field_index(name)
+        if i >= 0 and pa.types.is_null(table.schema.field(i).type):
+            table = table.set_column(i, name, table.column(i).cast(pa.string()))
+    return table
+
+
+# ----------------------------------------------------------------------------- inputs
+def expand_paths(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    filesystem: pyarrow.fs.FileSystem | None = None,
+) -> tuple[list[str], pyarrow.fs.FileSystem]:
+    """Expand files, directories (recursive FITS files) and globs into a sorted list of files.
+
+    Local paths become absolute; URIs (``s3://``, ``gs://`` ...) keep their scheme and are listed
+    through ``pyarrow.fs``. An explicit file is kept whatever its name (a non-FITS file becomes an
+    error row); directories yield ``*.fits``, ``*.fits.gz``, ``*.fit`` ... skipping names that
+    start with '.' or '_' (Ray's convention, and the writers' temporary files).
+
+    Raises:
+        FileNotFoundError: a path that does not exist or a glob/directory with no FITS file.
+    """
+    import pyarrow.fs as pafs
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("no input paths given")
+    remote = ["://" in p for p in paths]
+    if any(remote) and not all(remote):
+        raise ValueError(f"mix of local paths and URIs in one read: {paths}")
+
+    out: list[str] = []
+    for given in paths:
+        if "://" in given:
+            fs, path = filesystem or pafs.FileSystem.from_uri(given)[0], _strip_scheme(given)
+            scheme = given.split("://", 1)[0] + "://"
+        else:
+            fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""
+        filesystem = filesystem or fs
+        found = [scheme + p for p in _expand_one(fs, path)]
+        if not found:
+            raise FileNotFoundError(f"{given}: no FITS files found (suffixes {FITS_SUFFIXES})")
+        out.extend(found)
+    return out, filesystem
+
+
+def _strip_scheme(uri: str) -> str:
+    return uri.split("://", 1)[1]
+
+
+def _is_fits_name(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return not name.startswith((".", "_")) and name.lower().endswith(FITS_SUFFIXES)
+
+
+def _expand_one(fs, path: str) -> list[str]:
+    from pyarrow.fs import FileSelector, FileType
+
+    if any(c in path for c in _GLOB_CHARS):
+        parts = path.split("/")
+        n_static = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
+        base = "/".join(parts[:n_static]) or "/"
+        recursive = "**" in path or n_static < len(parts) - 1
+        regex = _glob_regex(path)
+        infos = fs.get_file_info(FileSelector(base, recursive=recursive, allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == FileType.File and regex.fullmatch(i.path))
+    info = fs.get_file_info(path)
+    if info.type == FileType.File:
+        return [path]
+    if info.type == FileType.Directory:
+        infos = fs.get_file_info(FileSelector(path, recursive=True))
+        return sorted(i.path for i in infos if i.type == FileType.File and _is_fits_name(i.path))
+    raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Shell-style glob to regex: '*' and '?' stay within one directory, '**/' spans many."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            j = pattern.index("]", i + 1)
+            body = pattern[i + 1 : j]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+# ----------------------------------------------------------------------------- public API
+def read_cutouts(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    bands: Sequence[str] | None = None,
+    size: int | None = None,
+    *,
+    strict: bool = False,
+    clean: bool = False,
+    max_nonfinite: float = 0.1,
+    override_num_blocks: int | None = None,
+    filesystem: pyarrow.fs.FileSystem | None = None,
+    shuffle: str | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
+) -> ray.data.Dataset:
+    """Read FITS cutouts into a Ray Dataset, one row per cutout (schema: :mod:`pipeline.io.schema`).
+
+    Args:
+        paths: files, directories (recursive FITS files), globs (``"dir/*.fits"``, ``"dir/**/x*.fits"``)
+            or URIs Ray's filesystems handle (``s3://``, ``gs://``), or a list of these.
+        bands: band names to read, e.g. ``["VIS"]`` or ``["VIS", "NIR_H"]``: matched against
+            EXTNAMEs (``VIS`` or ``VIS_FLUX``), shard BANDn keywords, or taken in file order from
+            files whose planes carry no names (see :mod:`pipeline.io.decode`). None: every band.
+        size: centre-crop / pad every cutout to ``size x size`` (never resampled; padding uses the
+            band median). None keeps native shapes (then ``image`` may vary between rows).
+        strict: raise :class:`~pipeline.io.decode.CutoutReadError` on the first unreadable file or
+            cutout instead of returning an error row.
+        clean: also read the noiseless ``clean`` images of cube shards (error row otherwise).
+        max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
+            below it they are replaced by the band median.
+        override_num_blocks: number of read tasks. Default: one per file, capped so that each task
+            has ~32 MiB of files or there are 4 tasks per CPU in the cluster (Ray's default split
+            of few big files into many blocks costs ~4x).
+        filesystem: a ``pyarrow.fs.FileSystem`` to use instead of inferring one from the paths.
+        shuffle: ``"files"`` to read files in random order (Ray's file shuffle).
+        ray_remote_args: Ray options of the read tasks (e.g. ``{"num_cpus": 0.5}``).
+
+    Returns:
+        A lazy ``ray.data.Dataset`` with columns id, ra, dec, image, source, index, error
+        (+ label columns of cube shards, + ``clean``). Error rows carry "<file>: <reason>".
+    """
+    import ray
+
+    from pipeline._ray import ensure_ray
+
+    options = ReadOptions(
+        bands=tuple(bands) if bands is not None else None,
+        size=size,
+        clean=clean,
+        max_nonfinite=max_nonfinite,
+        strict=strict,
+    )
+    files, fs = expand_paths(paths, filesystem)
+    ensure_ray()
+    source = FitsDatasource(files, options, filesystem=fs, shuffle=shuffle)
+    if override_num_blocks is None:
+        override_num_blocks = _default_blocks(len(files), source.estimate_inmemory_data_size())
+    return ray.data.read_datasource(
+        source, override_num_blocks=override_num_blocks, ray_remote_args=ray_remote_args or {}
+    )
+
+
+def _default_blocks(n_files: int, total_bytes: int | None) -> int:
+    """One read task per file, but no more than max(4 per CPU, one per 32 MiB of files)."""
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    by_bytes = math.ceil((total_bytes or 0) / (32 << 20))
+    return max(1, min(n_files, max(4 * cpus, by_bytes)))
