@@ -22,7 +22,7 @@ class LensDetect:
 
     name = "lens-detect"
     label_columns = ("is_lens",)
-    monitor, mode = "val_auc", "max"
+    monitor, mode = "val_loss", "min"
 
     def num_outputs(self, config: dict) -> int:
         return 1

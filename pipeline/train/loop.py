@@ -200,21 +200,10 @@ def _geometry(data_dir, manifest: dict) -> dict:
     return {"bands": list(bands), "size": int(size), "pixel_scale": float(scale)}
 
 
-def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_workers: int = 1,
-          use_gpu: bool | None = None, cpus_per_worker: float = 0.5, storage_path=None,
-          name: str | None = None, callbacks=None, evaluate_test: bool = True,
-          model_overrides: dict | None = None, recipe_command: str | None = None,
-          **recipe) -> Path:
-    """Train ``stage`` on ``data_dir`` with Ray Train; export the best epoch to ``out_dir``.
-
-    ``recipe`` overrides :data:`DEFAULTS` (epochs, batch_size, lr, ...). ``use_gpu`` defaults
-    to CUDA availability. Returns ``out_dir`` (holding model.safetensors + config.json, with
-    held-out test metrics under ``metrics``).
-    """
-    import ray.train
-    import torch
-    from ray.train.torch import TorchTrainer
-
+def prepare(stage: str, data_dir, model: str | None = None, *,
+            model_overrides: dict | None = None, recipe_command: str | None = None, **recipe):
+    """Validate the config, read train/val with Ray Data (materialised once, reused every
+    epoch) and fill in data-derived settings. Returns ``(cfg, train_ds, val_ds)``."""
     from pipeline._ray import ensure_ray
     from pipeline.train.data import load_split, target_stats
 
@@ -222,31 +211,60 @@ def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_worker
     if recipe_command:
         cfg["trained"]["recipe"] = recipe_command
     ensure_ray()
-    use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
     train_ds = load_split(data_dir, "train", stage, cfg).materialize()
     val_ds = load_split(data_dir, "val", stage, cfg).materialize()
     cfg["targets"] = target_stats(train_ds, stage) if stage == "substructure" else {}
     cfg["trained"]["n_train"], cfg["trained"]["n_val"] = train_ds.count(), val_ds.count()
     cfg["model_kwargs"] = model_kwargs(stage, cfg["model"], cfg, **cfg.pop("_model_overrides"))
-    out_dir = Path(out_dir)
-    name = name or f"{stage}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(storage_path or out_dir / "ray_runs").resolve()
-    task = get_task(stage)
-    trainer = TorchTrainer(
+    return cfg, train_ds, val_ds
+
+
+def make_trainer(cfg: dict, train_ds, val_ds, name: str, storage_path, *, num_workers: int = 1,
+                 use_gpu: bool | None = None, cpus_per_worker: float = 0.5, callbacks=None):
+    """The ``TorchTrainer`` running :func:`train_loop_per_worker` (CPU workers take a
+    fractional CPU by default: whole CPUs on a 2-core machine starve Ray Data and hang)."""
+    import ray.train
+    import torch
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+    task = get_task(cfg["task"])
+    return TorchTrainer(
         train_loop_per_worker, train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
         datasets={"train": train_ds, "val": val_ds},
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage), callbacks=callbacks,
+            name=name, storage_path=str(Path(storage_path).resolve()), callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=task.monitor,
                 checkpoint_score_order=task.mode)),
     )
+
+
+def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_workers: int = 1,
+          use_gpu: bool | None = None, cpus_per_worker: float = 0.5, storage_path=None,
+          name: str | None = None, evaluate_test: bool = True,
+          model_overrides: dict | None = None, recipe_command: str | None = None,
+          **recipe) -> Path:
+    """Train ``stage`` on ``data_dir`` with Ray Train; export the best epoch to ``out_dir``.
+
+    ``recipe`` overrides :data:`DEFAULTS` (epochs, batch_size, lr, ...); ``model_overrides``
+    the network's constructor arguments. ``use_gpu`` defaults to CUDA availability. Returns
+    ``out_dir`` holding model.safetensors + config.json, with held-out TEST metrics under
+    ``metrics``; every epoch's checkpoint stays under ``storage_path`` (default
+    ``out_dir/ray_runs``).
+    """
+    cfg, train_ds, val_ds = prepare(stage, data_dir, model, model_overrides=model_overrides,
+                                    recipe_command=recipe_command, **recipe)
+    out_dir = Path(out_dir)
+    name = name or f"{stage}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = make_trainer(cfg, train_ds, val_ds, name, storage_path or out_dir / "ray_runs",
+                           num_workers=num_workers, use_gpu=use_gpu,
+                           cpus_per_worker=cpus_per_worker)
     result = trainer.fit()
-    best = best_checkpoint(result, task)
-    export_checkpoint(best, out_dir)
+    export_checkpoint(best_checkpoint(result, get_task(stage)), out_dir)
     if evaluate_test:
         from pipeline.train.evaluate import evaluate_checkpoint
 
