@@ -14,7 +14,37 @@ import sys
 # (add new sub-commands below as _add_x/_run_x pairs and list them in COMMANDS)
 
 
-COMMANDS: dict[str, tuple] = {}
+def _add_read(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="FITS files, directories, globs or URIs (s3://, gs://)")
+    p.add_argument("--bands", nargs="+", default=None, help="bands to read, e.g. VIS NIR_H")
+    p.add_argument("--size", type=int, default=None, help="centre-crop/pad cutouts to N x N")
+    p.add_argument("--limit", type=int, default=50, help="show at most K rows (counts cover all)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_read(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline._ray import ensure_ray
+    from pipeline.io import read_cutouts
+    from pipeline.io.report import format_table, summarize
+
+    ensure_ray(log_to_driver=False, logging_level="ERROR")
+    import ray.data
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = read_cutouts(args.inputs, bands=args.bands, size=args.size, strict=args.strict)
+    rows, counts = summarize(ds, progress=not args.no_progress)
+    print(format_table(rows, counts, args.limit))
+    return 0
+
+
+COMMANDS: dict[str, tuple] = {
+    "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
