@@ -1,0 +1,308 @@
+"""Stages of the cascade: ``Denoise``, ``LensDetect``, ``Substructure`` (and your own).
+
+A stage object plays two parts. On the driver it is a light *spec*: its options (checkpoint,
+threshold, ...) and the resources its actors need, validated at once so a bad config fails
+before any work. ``Pipeline`` then maps it over a Ray Dataset with
+``ds.map_batches(type(stage), fn_constructor_kwargs=stage.options, ...)``, so Ray builds the
+same class again inside each actor, where the first batch loads the model (once per actor).
+
+All stages share one protocol, implemented once in :class:`Stage`:
+
+- ``select(batch)`` picks the rows to compute on (default: rows read without error);
+- ``compute(rows)`` gets a writable NumPy batch of only those rows and returns new columns;
+- ``__call__`` puts the columns back in place; rows not computed keep an existing column's
+  value or get a null (NaN for floats, ``None`` for strings, ``False`` for flags). No row is
+  ever dropped, so ``rows in = rows out`` at every stage.
+
+A custom stage subclasses :class:`Stage`, sets ``name``/``reads``/``writes`` and implements
+``compute`` (and ``setup`` for anything to load once per actor); see docs/cascade.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.io import schema
+
+CANDIDATE = "is_candidate"  # bool column written by LensDetect, read by Substructure
+
+
+class Stage:
+    """Base class: one step of the cascade over NumPy batches (see module docstring).
+
+    Args:
+        batch_size: rows per batch handed to an actor.
+        actors: actor-pool size: an int, or ``(min, max)`` to let Ray Data autoscale the pool;
+            None picks from the cluster (see ``Pipeline``).
+        num_cpus: CPUs reserved per actor (fractions allowed; None picks from the cluster).
+        num_gpus: GPUs reserved per actor (fractions allowed; None: a share of a GPU for model
+            stages when the cluster has GPUs, else 0).
+    """
+
+    name: ClassVar[str] = ""  # short name; the provenance column is ``model_<name>``
+    reads: ClassVar[tuple[str, ...]] = (schema.IMAGE,)  # columns compute() needs
+    writes: ClassVar[tuple[str, ...]] = ()  # columns it adds or rewrites (for order checks)
+    uses_model: ClassVar[bool] = False  # model stages get GPU shares by default
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 256,
+        actors: int | tuple[int, int] | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        for label, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if value is not None and value < 0:
+                raise ValueError(f"{type(self).__name__}: {label} must be >= 0, got {value}")
+        if actors is not None:
+            lo, hi = (actors, actors) if isinstance(actors, int) else actors
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{type(self).__name__}: actors must be >= 1 (or 1 <= min <= max), got {actors}")
+        self.batch_size = batch_size
+        self.actors = actors
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        # Constructor keyword arguments that rebuild this stage inside an actor; subclasses add
+        # theirs. Resources are not among them: they belong to the driver's scheduling.
+        self.options: dict[str, Any] = {}
+        self._ready = False
+        self._template: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+
+    # ------------------------------------------------------------------ the protocol
+    def setup(self) -> None:
+        """Load what the stage needs (a model); called once per actor, before the first batch."""
+
+    def select(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Boolean mask of the rows to compute on: rows read without error."""
+        return schema.good_mask(batch)
+
+    def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """New columns for the selected ``rows`` (a writable batch holding only those rows)."""
+        raise NotImplementedError
+
+    def provenance(self) -> str | None:
+        """Value of the ``model_<name>`` column on computed rows (None: no such column)."""
+        return None
+
+    # ------------------------------------------------------------------ shared machinery
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        n = len(batch[schema.ID])
+        mask = np.asarray(self.select(batch), dtype=bool)
+        out = dict(batch)
+        if mask.any():
+            # Boolean indexing copies, so compute() gets writable arrays even when Ray hands
+            # over read-only zero-copy batches (torch.from_numpy needs writable memory).
+            cols = self.compute({k: np.asarray(v)[mask] for k, v in batch.items()})
+            self._template = {k: (np.asarray(v).dtype, np.shape(v)[1:]) for k, v in cols.items()}
+        else:
+            cols = {}
+            if self._template is None:  # learn the output columns from one row, once per actor
+                self._probe(batch)
+        for name, (dtype, shape) in self._template.items():
+            out[name] = self._place(batch.get(name), cols.get(name), mask, n, dtype, shape)
+        tag = self.provenance()
+        if tag is not None:
+            prov = np.full(n, None, dtype=object)
+            prov[mask] = tag
+            out[f"model_{self.name.replace('-', '_')}"] = prov
+        return out
+
+    def _probe(self, batch: dict[str, np.ndarray]) -> None:
+        one = {k: np.array(np.asarray(v)[:1]) for k, v in batch.items()}
+        cols = self.compute(one)
+        self._template = {k: (np.asarray(v).dtype, np.shape(v)[1:]) for k, v in cols.items()}
+
+    @staticmethod
+    def _place(existing, values, mask, n, dtype, shape) -> np.ndarray:
+        """A full column: computed ``values`` on ``mask``; elsewhere the existing column's
+        values (pass-through) or a null."""
+        if existing is not None and np.shape(existing)[1:] == shape:
+            full = np.array(existing, dtype=np.result_type(np.asarray(existing).dtype, dtype))
+        elif dtype.kind == "b":
+            full = np.zeros((n, *shape), dtype=bool)
+        elif dtype.kind in "fc":
+            full = np.full((n, *shape), np.nan, dtype=dtype)
+        elif dtype.kind in "iu":  # integers have no null: widen to float so NaN can mark it
+            dtype = np.dtype(np.float64)
+            full = np.full((n, *shape), np.nan, dtype=dtype)
+        else:
+            full = np.full((n, *shape), None, dtype=object)
+        if values is not None:
+            full[mask] = values
+        return full
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if v is not None)
+        return f"{type(self).__name__}({opts})"
+
+
+class ModelStage(Stage):
+    """A stage that runs one of lensray's models (``pipeline.models``) on the image column.
+
+    Args:
+        checkpoint: checkpoint directory (``model.safetensors`` + ``config.json``); None uses
+            the shipped weights in ``pipeline/weights/<task>/``.
+        device: "cpu", "cuda", "cuda:1"...; None picks at run time: CUDA when Ray gave the actor
+            a GPU (or, outside Ray, when one is visible), else CPU.
+        **resources: see :class:`Stage`.
+    """
+
+    task: ClassVar[str] = ""
+    uses_model = True
+
+    def __init__(self, checkpoint: str | Path | None = None, *, device: str | None = None,
+                 **resources):
+        super().__init__(**resources)
+        if checkpoint is not None:
+            checkpoint = str(Path(checkpoint).expanduser().resolve())
+            self._check_checkpoint(Path(checkpoint))
+        self.options.update(checkpoint=checkpoint, device=device)
+        self.model = self.config = None
+
+    def _check_checkpoint(self, directory: Path) -> None:
+        """Fail on the driver, before any work, if the checkpoint is missing or for another task."""
+        cfg_file = directory / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(
+                f"{directory}: not a checkpoint ({cfg_file.name} not found; a checkpoint is a "
+                "directory with model.safetensors and config.json)"
+            )
+        try:
+            task = json.loads(cfg_file.read_text()).get("task")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+        if task != self.task:
+            raise ValueError(
+                f"{directory}: checkpoint is for task {task!r}, but {type(self).__name__} "
+                f"needs a {self.task!r} checkpoint"
+            )
+
+    def _pick_device(self) -> str:
+        if self.options["device"]:
+            return self.options["device"]
+        import ray
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu"
+        in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        return "cuda" if not in_actor or ray.get_gpu_ids() else "cpu"
+
+    def setup(self) -> None:
+        from pipeline.models import load_checkpoint, load_pretrained
+
+        self.device = self._pick_device()
+        ckpt = self.options["checkpoint"]
+        if ckpt is None:
+            self.model, self.config = load_pretrained(self.task, device=self.device)
+        else:
+            self.model, self.config = load_checkpoint(ckpt, device=self.device)
+        self._tag = _model_tag(self.config, ckpt, self.task)
+
+    def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.models import predict
+
+        return predict(self.model, self.config, rows[schema.IMAGE], device=self.device,
+                       batch_size=self.batch_size)
+
+    def provenance(self) -> str:
+        return self._tag
+
+
+def _model_tag(config: dict, checkpoint: str | None, task: str) -> str:
+    """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
+    from pipeline.models.checkpoint import WEIGHTS_DIR, WEIGHTS_FILE
+
+    directory = Path(checkpoint) if checkpoint else WEIGHTS_DIR / task
+    weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{digest.hexdigest()[:12]}"
+
+
+class Denoise(ModelStage):
+    """Replace ``image`` by the denoiser's output (same units as the input), so the stages after
+    it see denoised cutouts. Error rows keep their (unusable) image."""
+
+    name = "denoise"
+    task = "denoise"
+    reads = (schema.IMAGE,)
+    writes = (schema.IMAGE,)
+
+
+class LensDetect(ModelStage):
+    """Score every good row with ``p_lens`` and flag candidates in ``is_candidate``.
+
+    Args:
+        threshold: rows with ``p_lens >= threshold`` are candidates.
+        top_fraction: instead of a threshold, the top fraction of each batch's good rows by
+            ``p_lens`` (ties broken by order). Streaming never sees the whole survey at once,
+            so this is per batch: use large batches, or a threshold for exact global cuts.
+        checkpoint, device, **resources: see :class:`ModelStage`.
+    """
+
+    name = "lens-detect"
+    task = "lens-detect"
+    reads = (schema.IMAGE,)
+    writes = ("p_lens", CANDIDATE)
+
+    def __init__(self, threshold: float | None = 0.5, *, top_fraction: float | None = None,
+                 checkpoint: str | Path | None = None, device: str | None = None, **resources):
+        super().__init__(checkpoint, device=device, **resources)
+        if top_fraction is not None:
+            if not 0 < top_fraction <= 1:
+                raise ValueError(f"LensDetect: top_fraction must be in (0, 1], got {top_fraction}")
+            threshold = None
+        elif threshold is None or not 0 <= threshold <= 1:
+            raise ValueError(f"LensDetect: threshold must be in [0, 1], got {threshold}")
+        self.options.update(threshold=threshold, top_fraction=top_fraction)
+
+    def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        p = super().compute(rows)["p_lens"]
+        if self.options["top_fraction"] is None:
+            candidate = p >= self.options["threshold"]
+        else:
+            k = math.ceil(self.options["top_fraction"] * len(p))
+            candidate = np.zeros(len(p), dtype=bool)
+            candidate[np.argsort(-p, kind="stable")[:k]] = True
+        return {"p_lens": p, CANDIDATE: candidate}
+
+
+class Substructure(ModelStage):
+    """Classify substructure (``p_no_sub``, ``p_cdm``, ``p_vortex``) and regress dark-matter
+    parameters with uncertainties (``log10_m_axion`` ± ``log10_m_axion_sigma``, ``sigma_sub``
+    ± ``sigma_sub_sigma``).
+
+    After ``LensDetect`` it runs only on candidates (``is_candidate``); the other rows get NaN
+    in these columns and a null ``model_substructure``. Without ``LensDetect`` it runs on every
+    good row.
+    """
+
+    name = "substructure"
+    task = "substructure"
+    reads = (schema.IMAGE,)
+    writes = ("p_no_sub", "p_cdm", "p_vortex", "log10_m_axion", "log10_m_axion_sigma",
+              "sigma_sub", "sigma_sub_sigma")
+
+    def select(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        mask = super().select(batch)
+        if CANDIDATE in batch:
+            mask &= np.asarray(batch[CANDIDATE], dtype=bool)
+        return mask
+
+
+__all__ = ["CANDIDATE", "Denoise", "LensDetect", "ModelStage", "Stage", "Substructure"]

@@ -1,0 +1,129 @@
+"""Pipeline: stage order rules, map_batches arguments, and a real run over a Ray Dataset."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+from _cascade import make_checkpoints, make_images
+
+from pipeline.compose import Pipeline, check_order
+from pipeline.stages import CANDIDATE, Denoise, LensDetect, Stage, Substructure
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+# Ray workers cannot import this test module: ship the custom stages below by value (a stage
+# defined in a user's script or notebook, i.e. in __main__, is shipped by value anyway).
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class Flux(Stage):
+    """Custom stage (no model): summed pixels."""
+
+    name = "flux"
+    writes = ("flux",)
+
+    def compute(self, rows):
+        return {"flux": rows["image"].sum(axis=(1, 2, 3)).astype(np.float64)}
+
+
+class NeedsFlux(Stage):
+    name = "bright"
+    reads = ("flux",)
+    writes = ("bright",)
+
+    def compute(self, rows):
+        return {"bright": rows["flux"] > np.median(rows["flux"])}
+
+
+def test_order_rules(ckpts):
+    det = LensDetect(checkpoint=ckpts["lens-detect"])
+    den = Denoise(checkpoint=ckpts["denoise"])
+    sub = Substructure(checkpoint=ckpts["substructure"])
+    check_order([den, det, sub])
+    check_order([det, sub])
+    check_order([sub])
+    check_order([den, den, det])  # chained denoisers read what they rewrite
+    check_order([Flux(), NeedsFlux()])
+    with pytest.raises(ValueError, match="Denoise rewrites 'image' after LensDetect read it"):
+        check_order([det, den])
+    with pytest.raises(ValueError, match="both write 'p_lens'"):
+        check_order([det, LensDetect(checkpoint=ckpts["lens-detect"])])
+    with pytest.raises(ValueError, match=r"NeedsFlux reads \['flux'\]"):
+        check_order([NeedsFlux(), Flux()])
+    with pytest.raises(TypeError, match="Stage instances"):
+        Pipeline([lambda b: b])
+    with pytest.raises(ValueError, match="at least one stage"):
+        Pipeline([])
+
+
+def test_map_args_cpu_cluster_uses_actor_pools_and_fractional_cpus(ckpts):
+    import ray.data
+
+    pipe = Pipeline([Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"]),
+                     Substructure(checkpoint=ckpts["substructure"])])
+    for stage in pipe.stages:
+        args = pipe.map_args(stage, {"CPU": 2.0})
+        assert isinstance(args["compute"], ray.data.ActorPoolStrategy)
+        assert "concurrency" not in args and "num_gpus" not in args
+        assert 0 < args["num_cpus"] < 1  # whole CPUs on 2 cores starve the reads
+        assert args["fn_constructor_kwargs"] == stage.options
+        assert args["batch_size"] == stage.batch_size
+    total = sum(pipe.map_args(s, {"CPU": 2.0})["num_cpus"] for s in pipe.stages)
+    assert total <= 1.0  # leaves at least one CPU for read tasks when every pool has one actor
+
+
+def test_map_args_gpu_cluster_shares_gpus(ckpts):
+    pipe = Pipeline([Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"]),
+                     Flux(), Substructure(checkpoint=ckpts["substructure"], num_gpus=1, actors=2)])
+    cluster = {"CPU": 32.0, "GPU": 4.0}
+    den, det, flux, sub = (pipe.map_args(s, cluster) for s in pipe.stages)
+    assert den["num_gpus"] == det["num_gpus"] == pytest.approx(1 / 3, abs=1e-3)
+    assert den["compute"].max_size == 4 and den["compute"].min_size == 1
+    assert "num_gpus" not in flux  # stages without a model stay on CPUs
+    assert sub["num_gpus"] == 1 and sub["compute"].min_size == sub["compute"].max_size == 2
+
+
+def _dataset(ray, n=40, bad=(5, 17)):
+    images = make_images(n, seed=7)
+    rows = [
+        {"id": f"f:{i}", "ra": 150.0 + i, "dec": 2.0, "image": images[i], "source": "f.fits",
+         "index": i, "error": "f.fits: corrupt HDU" if i in bad else ""}  # "" = no error
+        for i in range(n)
+    ]
+    return ray.data.from_items(rows, override_num_blocks=4)
+
+
+def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts):
+    ds = _dataset(ray_local)
+    pipe = Pipeline([
+        Denoise(checkpoint=ckpts["denoise"], batch_size=8),
+        LensDetect(threshold=0.5, checkpoint=ckpts["lens-detect"], batch_size=16),
+        Flux(batch_size=16),
+        Substructure(checkpoint=ckpts["substructure"], batch_size=8),
+    ])
+    out = pipe.run(ds).drop_columns(["image"]).to_pandas().sort_values("index")
+    col = {k: out[k].to_numpy() for k in out.columns}
+    assert len(out) == 40 and out["id"].is_unique
+    bad = np.array([isinstance(e, str) and e != "" for e in col["error"]])
+    assert bad.sum() == 2
+    p = col["p_lens"].astype(float)
+    assert np.isnan(p[bad]).all() and np.isfinite(p[~bad]).all()
+    cand = col[CANDIDATE].astype(bool)
+    np.testing.assert_array_equal(cand, ~bad & (p >= 0.5))
+    assert 0 < cand.sum() < (~bad).sum()
+    p_cdm = col["p_cdm"].astype(float)
+    assert np.isfinite(p_cdm[cand]).all() and np.isnan(p_cdm[~cand]).all()
+    assert np.isfinite(col["flux"].astype(float)[~bad]).all()
+    assert all(m.startswith("unet_denoiser@") for m in col["model_denoise"][~bad])
+    # The detector scored denoised images: different from scoring the raw images.
+    from pipeline.models import load_checkpoint, predict
+
+    raw = predict(*load_checkpoint(ckpts["lens-detect"]), make_images(40, seed=7)[~bad])["p_lens"]
+    assert not np.allclose(raw, p[~bad], atol=1e-3)
