@@ -14,6 +14,38 @@ import sys
 # (add new sub-commands below as _add_x/_run_x pairs and list them in COMMANDS)
 
 
+def _add_simulate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, help="instrument: hst, euclid-vis, ground-gri")
+    p.add_argument("--task", required=True, choices=["lens", "substructure"])
+    p.add_argument("--n", type=int, required=True, help="number of images over all splits")
+    p.add_argument("--seed", type=int, default=0, help="master seed (same seed, same bytes)")
+    p.add_argument("--out", required=True, help="output directory (manifest.json + shards)")
+    p.add_argument("--size", type=int, default=None, help="cutout side in pixels (default 64)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    p.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--clean", action="store_true", help="also store noiseless images (CLEAN)")
+    p.add_argument("--backend", default="lenstronomy", choices=["lenstronomy", "caustics"])
+    p.add_argument("--prior", action="append", default=[], metavar="NAME=LO,HI",
+                   help="override a prior, e.g. theta_e=0.8,2.5 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from pipeline.simulate import simulate
+    from pipeline.simulate.priors import parse_prior_overrides
+
+    manifest = simulate(
+        args.preset, args.task, args.n, args.seed, args.out, size=args.size,
+        priors=parse_prior_overrides(args.prior) or None, shard_size=args.shard_size,
+        split_fractions=[float(x) for x in args.splits.split(",")], clean=args.clean,
+        backend=args.backend, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    counts = ", ".join(f"{k}={v['n']}" for k, v in manifest["splits"].items())
+    print(f"wrote {manifest['n']} images ({counts}) to {args.out}; classes {manifest['counts']}")
+    return 0
+
+
 def _add_read(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="FITS files, directories, globs or URIs (s3://, gs://)")
@@ -44,6 +76,7 @@ def _run_read(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple] = {
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
+    "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
 }
 
 

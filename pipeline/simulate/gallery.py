@@ -1,0 +1,65 @@
+"""A picture of a simulated set: a few examples per class (noisy, and noiseless when stored)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+
+from pipeline.simulate.generate import read_manifest, shard_paths
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    """(B, H, W) -> (H, W) or (H, W, 3) scaled with an asinh stretch for viewing."""
+    img = np.asarray(img, dtype=np.float64)
+    if img.shape[0] >= 3:  # g, r, i -> b, g, r channels
+        img = img[[2, 1, 0]]
+    sky = np.median(img, axis=(1, 2), keepdims=True)
+    mad = np.median(np.abs(img - sky), axis=(1, 2), keepdims=True) * 1.4826 + 1e-12
+    x = np.arcsinh((img - sky) / (3 * mad)) / np.arcsinh(300)
+    x = np.clip(x, 0, 1)
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x, 0, -1)
+
+
+def save_gallery(out_dir: str | os.PathLike, png: str | os.PathLike, per_class: int = 4,
+                 split: str = "train") -> pathlib.Path:
+    """Save a grid (rows = classes, columns = examples) of a simulated set to ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.io import fits
+
+    m = read_manifest(out_dir)
+    col = m["class_column"]
+    examples: dict[str, list] = {}
+    for path in shard_paths(out_dir, split):
+        with fits.open(path) as hdul:
+            cat = hdul["CATALOG"].data
+            cube = hdul["CUTOUTS"].data
+            for i, cls in enumerate(cat[col]):
+                ex = examples.setdefault(str(cls), [])
+                if len(ex) < per_class:
+                    ex.append((cube[i].copy(), {n: cat[n][i] for n in cat.names}))
+    classes = sorted(examples)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(2 * per_class, 2 * len(classes)),
+                             squeeze=False)
+    for r, cls in enumerate(classes):
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(examples[cls]):
+                img, lab = examples[cls][c]
+                ax.imshow(_display(img), origin="lower", cmap="gray", interpolation="nearest")
+                txt = cls
+                if float(lab.get("theta_e", 0) or 0) > 0:
+                    txt += f"\nθE={lab['theta_e']:.2f}\" S/N={lab['snr_arcs']:.0f}"
+                ax.set_title(txt, fontsize=7)
+    fig.suptitle(f"{m['preset']} / {m['task']} (seed {m['seed']}, {m['size']} px)", fontsize=9)
+    fig.tight_layout()
+    png = pathlib.Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

@@ -1,0 +1,332 @@
+"""Ray-parallel generation of labelled cube shards, and the manifest that describes them.
+
+Layout of an output directory::
+
+    OUT/manifest.json
+    OUT/train/shard-00000.fits ...   (split by shard: no shard holds rows of two splits)
+    OUT/val/shard-00000.fits ...
+    OUT/test/shard-00000.fits ...
+
+Every shard is one Ray task (or one call on a caustics actor) seeded from
+``SeedSequence(seed, spawn_key=(split, shard))``, so the train, val and test sets come from
+disjoint random streams, and the same seed gives byte-identical files on any cluster.
+Inside a shard, image ``i`` draws its scene and noise from ``spawn_key=(split, shard, i)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.simulate.instruments import ConfigError, Preset, get_preset
+from pipeline.simulate.priors import Priors, default_priors
+from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene
+
+TASKS = ("lens", "substructure")
+BACKENDS = ("lenstronomy", "caustics")
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A validated simulation request (everything that determines the output bytes)."""
+
+    preset: Preset
+    task: str
+    n: int
+    seed: int
+    priors: Priors
+    shard_size: int = 1000
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    clean: bool = False
+    backend: str = "lenstronomy"
+
+    def class_column(self) -> str:
+        return "kind" if self.task == "lens" else "substructure_class"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard to make: which rows, where, from which random stream."""
+
+    split: str
+    number: int
+    n: int
+    path: str
+
+    @property
+    def spawn_key(self) -> tuple[int, int]:
+        return (SPLITS.index(self.split), self.number)
+
+
+def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None = None,
+                priors: Priors | dict | None = None, shard_size: int = 1000,
+                split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
+                backend: str = "lenstronomy") -> SimConfig:
+    """Check a request and return it as a SimConfig; raise ConfigError before any work."""
+    p = get_preset(preset, size)
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r} (available: {', '.join(TASKS)})")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r} (available: {', '.join(BACKENDS)})")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ConfigError(f"n must be a positive integer number of images, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(shard_size, (int, np.integer)) or shard_size <= 0:
+        raise ConfigError(f"shard_size must be a positive integer, got {shard_size!r}")
+    fr = tuple(float(x) for x in split_fractions)
+    if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+        raise ConfigError(f"split fractions (train, val, test) must be >= 0 and sum to 1, got {fr}")
+    if priors is None:
+        priors = default_priors(preset)
+    elif isinstance(priors, dict):
+        priors = default_priors(preset).replace(**priors)
+    priors.validate(p)
+    return SimConfig(p, task, int(n), int(seed), priors, int(shard_size), fr, bool(clean), backend)
+
+
+def plan_shards(cfg: SimConfig, out: str | os.PathLike) -> list[ShardSpec]:
+    """Rows per split (at least one per split with a non-zero fraction when n allows), chunked
+    into shards of at most ``shard_size`` rows."""
+    fr = np.array(cfg.split_fractions)
+    counts = np.floor(fr * cfg.n).astype(int)
+    wanted = fr > 0
+    if cfg.n >= wanted.sum():  # give every requested split at least one row
+        counts[wanted & (counts == 0)] = 1
+    # the rest (rounding) goes to the largest split
+    counts[int(np.argmax(fr))] += cfg.n - counts.sum()
+    while counts.min() < 0:  # tiny n: take back from the largest
+        counts[int(np.argmin(counts))] += 1
+        counts[int(np.argmax(counts))] -= 1
+    specs = []
+    for split, m in zip(SPLITS, counts, strict=True):
+        for k in range(math.ceil(m / cfg.shard_size)):
+            rows = min(cfg.shard_size, m - k * cfg.shard_size)
+            path = pathlib.Path(out) / split / f"shard-{k:05d}.fits"
+            specs.append(ShardSpec(split, k, int(rows), str(path)))
+    return specs
+
+
+def _label_table(cfg: SimConfig, ids: list[str], labels: list[dict]) -> dict[str, np.ndarray]:
+    """Columns id, ra, dec (NaN: simulated) and every label of the task, in fixed dtypes."""
+    table = {"id": np.array(ids), "ra": np.full(len(ids), np.nan), "dec": np.full(len(ids), np.nan)}
+    for name, default in TASK_LABELS[cfg.task].items():
+        values = [row[name] for row in labels]
+        if isinstance(default, str):
+            table[name] = np.array(values, dtype=str)
+        elif isinstance(default, int):
+            table[name] = np.array(values, dtype=np.int64)
+        else:
+            table[name] = np.array(values, dtype=np.float64)
+    return table
+
+
+def shard_scenes(cfg: SimConfig, spec: ShardSpec):
+    """The scenes of one shard and the per-image RNGs (continued for the noise)."""
+    root = np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key)
+    kinds = allocate(spec.n, cfg.priors.class_fractions(cfg.task), np.random.default_rng(root))
+    rngs = [np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(*spec.spawn_key, i)))
+            for i in range(spec.n)]
+    scenes = [sample_scene(rng, cfg.preset, cfg.priors, cfg.task, k)
+              for rng, k in zip(rngs, kinds, strict=True)]
+    return scenes, rngs
+
+
+def finish_shard(cfg: SimConfig, spec: ShardSpec, scenes, rngs, clean_imgs, arcs) -> dict:
+    """Add noise, compute arc S/N, write the FITS shard; return its manifest entry."""
+    from pipeline.io import write_cube_shard
+    from pipeline.simulate.noise import add_noise, arc_snr
+
+    bands = cfg.preset.bands
+    images = np.empty((spec.n, len(bands), cfg.preset.size, cfg.preset.size), np.float32)
+    labels = []
+    for i, (scene, rng) in enumerate(zip(scenes, rngs, strict=True)):
+        images[i] = add_noise(rng, clean_imgs[i], bands)
+        lab = dict(scene.labels)
+        if scene.lens:
+            lab["snr_arcs"] = arc_snr(arcs[i], clean_imgs[i], bands)
+        labels.append(lab)
+    prefix = f"{cfg.preset.name}-{cfg.task}-s{cfg.seed}-{spec.split}{spec.number:05d}"
+    ids = [f"{prefix}-{i:05d}" for i in range(spec.n)]
+    header = {"PRESET": cfg.preset.name, "TASK": cfg.task, "SEED": cfg.seed,
+              "SPLIT": spec.split, "SHARD": spec.number, "BACKEND": cfg.backend,
+              "BUNIT": "electron/s"}
+    path = write_cube_shard(spec.path, images, _label_table(cfg, ids, labels),
+                            cfg.preset.band_names,
+                            clean=clean_imgs.astype(np.float32) if cfg.clean else None,
+                            header=header, overwrite=True)
+    classes = Counter(lab[cfg.class_column()] for lab in labels)
+    return {"path": str(path), "split": spec.split, "n": spec.n, "sha256": _sha256(path),
+            "spawn_key": list(spec.spawn_key), "counts": dict(sorted(classes.items()))}
+
+
+def make_shard(cfg: SimConfig, spec: ShardSpec) -> dict:
+    """Render one shard with lenstronomy and write it (the body of one Ray task)."""
+    from pipeline.simulate.render import LenstronomyRenderer
+
+    renderer = LenstronomyRenderer(cfg.preset)
+    scenes, rngs = shard_scenes(cfg, spec)
+    shape = (spec.n, len(cfg.preset.bands), cfg.preset.size, cfg.preset.size)
+    clean, arcs = np.empty(shape), np.empty(shape)
+    for i, scene in enumerate(scenes):
+        r = renderer.render(scene)
+        clean[i], arcs[i] = r.clean, r.arcs
+    return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions(backend: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["lensray", "lenstronomy", "numpy", "scipy", "astropy", "numba", "ray"]
+    if backend == "caustics":
+        names += ["caustics", "torch"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def build_manifest(cfg: SimConfig, entries: list[dict], out: pathlib.Path) -> dict:
+    """The manifest: request, priors, instrument, versions, and per split its shards/counts."""
+    entries = sorted(entries, key=lambda e: (SPLITS.index(e["split"]), e["path"]))
+    splits = {}
+    for split in SPLITS:
+        es = [e for e in entries if e["split"] == split]
+        counts: Counter = Counter()
+        for e in es:
+            counts.update(e["counts"])
+        splits[split] = {
+            "n": sum(e["n"] for e in es),
+            "counts": dict(sorted(counts.items())),
+            "shards": [{**{k: v for k, v in e.items() if k not in ("split", "path")},
+                        "path": str(pathlib.Path(e["path"]).relative_to(out))} for e in es],
+        }
+    total: Counter = Counter()
+    for s in splits.values():
+        total.update(s["counts"])
+    return {
+        "format": "lensray-sim/1",
+        "preset": cfg.preset.name, "task": cfg.task, "seed": cfg.seed, "n": cfg.n,
+        "size": cfg.preset.size, "bands": cfg.preset.band_names, "pixel_unit": "e-/s",
+        "backend": cfg.backend, "shard_size": cfg.shard_size,
+        "split_fractions": list(cfg.split_fractions), "clean": cfg.clean,
+        "class_column": cfg.class_column(), "counts": dict(sorted(total.items())),
+        "label_columns": list(TASK_LABELS[cfg.task]),
+        "splits": splits,
+        "priors": cfg.priors.to_dict(),
+        "instrument": cfg.preset.to_dict(),
+        "versions": _versions(cfg.backend),
+    }
+
+
+def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, *,
+             size: int | None = None, priors: Priors | dict | None = None,
+             shard_size: int = 1000, split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
+             backend: str = "lenstronomy", overwrite: bool = False,
+             progress: bool = True) -> dict:
+    """Simulate ``n`` labelled cutouts into cube shards under ``out``, one Ray task per shard.
+
+    Args:
+        preset: instrument preset (``hst``, ``euclid-vis``, ``ground-gri``).
+        task: ``lens`` (lenses + hard negatives) or ``substructure`` (no_sub / cdm / vortex).
+        n: number of images over all splits. seed: master seed (same seed, same bytes).
+        out: output directory (``manifest.json`` + ``{train,val,test}/shard-*.fits``).
+        size: cutout side in pixels (default 64; 101 for Lens-Finding-Challenge-like sets).
+        priors: a Priors object or a dict of overrides of the preset's default priors.
+        shard_size: rows per shard. split_fractions: (train, val, test) fractions of n.
+        clean: also store the noiseless images (CLEAN HDU) for denoiser training.
+        backend: ``lenstronomy`` (Ray CPU tasks) or ``caustics`` (PyTorch Ray actors; GPU when
+            the cluster has one).
+        overwrite: replace an existing output directory's manifest and shards.
+        progress: tqdm bar over finished shards.
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+    """
+    cfg = make_config(preset, task, n, seed, size=size, priors=priors, shard_size=shard_size,
+                      split_fractions=split_fractions, clean=clean, backend=backend)
+    out = pathlib.Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out / MANIFEST}: exists (pass overwrite=True to replace it)")
+    specs = plan_shards(cfg, out)
+    if overwrite:
+        for split in SPLITS:
+            for old in (out / split).glob("shard-*.fits") if (out / split).exists() else []:
+                old.unlink()
+    entries = _run(cfg, specs, progress)
+    manifest = build_manifest(cfg, entries, out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, default=_jsonable) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
+    """Make every shard on Ray, with a progress bar over finished shards."""
+    from tqdm.auto import tqdm
+
+    from pipeline._ray import ensure_ray
+
+    ray = ensure_ray()
+    if cfg.backend == "caustics":
+        from pipeline.simulate.caustics_backend import submit_caustics
+
+        pending = submit_caustics(cfg, specs)
+    else:
+        task = ray.remote(num_cpus=1, max_retries=2)(make_shard)
+        cfg_ref = ray.put(cfg)
+        pending = [task.remote(cfg_ref, s) for s in specs]
+    entries = []
+    with tqdm(total=len(specs), unit="shard", desc=f"simulate {cfg.preset.name}/{cfg.task}",
+              disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            entries += ray.get(done)
+            bar.update(len(done))
+    return entries
+
+
+def read_manifest(out: str | os.PathLike) -> dict:
+    """The manifest of a simulated set."""
+    path = pathlib.Path(out) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest (is this a `lensray simulate` output?)")
+    return json.loads(path.read_text())
+
+
+def shard_paths(out: str | os.PathLike, split: str) -> list[str]:
+    """Paths of the shards of one split (``train``, ``val`` or ``test``), from the manifest."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (available: {', '.join(SPLITS)})")
+    m = read_manifest(out)
+    return [str(pathlib.Path(out) / s["path"]) for s in m["splits"][split]["shards"]]
