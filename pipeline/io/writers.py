@@ -88,6 +88,7 @@ def write_cube_shard(
     clean: np.ndarray | None = None,
     header: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    catalog: str = "hdu",
 ) -> pathlib.Path:
     """Write N cutouts and their label table to one FITS cube shard, atomically.
 
@@ -102,6 +103,8 @@ def write_cube_shard(
         header: extra provenance keywords for the PRIMARY header (preset, seed, versions ...);
             keys longer than 8 characters become HIERARCH cards, non-scalar values JSON strings.
         overwrite: replace an existing file instead of raising FileExistsError.
+        catalog: "hdu" stores the table as the CATALOG extension; "parquet" writes it to the
+            sibling ``<stem>.parquet`` instead (written first, so a shard never lacks its table).
 
     Returns:
         The path written.
@@ -110,6 +113,8 @@ def write_cube_shard(
     from astropy.table import Table
 
     path = pathlib.Path(path)
+    if catalog not in ("hdu", "parquet"):
+        raise ValueError(f"catalog must be 'hdu' or 'parquet', got {catalog!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: exists (pass overwrite=True to replace it)")
     bands = [str(b) for b in bands]
@@ -152,17 +157,31 @@ def write_cube_shard(
             hdr[key if len(key) <= 8 else f"HIERARCH {key}"] = _header_value(value)
 
     hdus = [primary, fits.ImageHDU(images, name=CUTOUTS_EXT)]
-    table_hdu = fits.table_to_hdu(Table(cols))
-    table_hdu.name = CATALOG_EXT
-    hdus.append(table_hdu)
+    if catalog == "hdu":
+        table_hdu = fits.table_to_hdu(Table(cols))
+        table_hdu.name = CATALOG_EXT
+        hdus.append(table_hdu)
     if clean is not None:
         hdus.append(fits.ImageHDU(clean, name=CLEAN_EXT))
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if catalog == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        stem = path.name[: -len(".fits")] if path.name.endswith(".fits") else path.stem
+        table = pa.table({k: v.tolist() if v.dtype.kind == "U" else v for k, v in cols.items()})
+        _atomic_write(path.with_name(stem + ".parquet"), lambda f: pq.write_table(table, f))
+    _atomic_write(path, lambda f: fits.HDUList(hdus).writeto(f))
+    return path
+
+
+def _atomic_write(path: pathlib.Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            fits.HDUList(hdus).writeto(f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
@@ -170,7 +189,6 @@ def write_cube_shard(
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 # ----------------------------------------------------------------------------- catalogues
