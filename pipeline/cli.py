@@ -46,6 +46,134 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+_STAGES = ("denoise", "lens-detect", "substructure")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``tune`` (the training recipe and Ray resources)."""
+    p.add_argument("--stage", required=True, choices=_STAGES)
+    p.add_argument("--model", default=None, help="registered network (default: the stage's)")
+    p.add_argument("--data", required=True, help="simulated data dir ({train,val,test}/*.fits)")
+    p.add_argument("--out", required=True, help="output checkpoint dir (safetensors + config)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--patience", type=int, default=None, help="early-stopping epochs")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
+                   help="network argument, e.g. widths=[16,32,64] (repeatable)")
+    p.add_argument("--cpus-per-worker", type=float, default=0.5)
+    p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on GPUs (default: when CUDA is available)")
+    p.add_argument("--storage-path", default=None, help="Ray run storage (default OUT/ray_runs)")
+
+
+def _recipe(args: argparse.Namespace) -> dict:
+    import json
+
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "threads",
+            "max_minutes")
+    overrides = {}
+    for item in args.model_arg:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(val)
+        except json.JSONDecodeError:
+            overrides[key] = val
+    return {"model_overrides": overrides, "cpus_per_worker": args.cpus_per_worker,
+            "storage_path": args.storage_path,
+            **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _add_recipe(p)
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from pipeline.train.loop import train
+
+    out = train(args.stage, args.data, args.out, args.model, num_workers=args.num_workers,
+                use_gpu=args.use_gpu, recipe_command="lensray " + shlex.join(sys.argv[1:]),
+                **_recipe(args))
+    cfg = json.loads((out / "config.json").read_text())
+    print(json.dumps({"checkpoint": str(out), "metrics": cfg.get("metrics")}, indent=2))
+    return 0
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    _add_recipe(p)
+    p.add_argument("--num-samples", type=int, default=8, help="trials")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before pruning")
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.train.tune import tune_stage
+
+    recipe = _recipe(args)
+    overrides = recipe.pop("model_overrides")
+    out, trials = tune_stage(args.stage, args.data, args.out, args.model,
+                             num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+                             grace_period=args.grace_period, model_overrides=overrides, **recipe)
+    cfg = json.loads((out / "config.json").read_text())
+    print(json.dumps({"checkpoint": str(out), "trials": trials, "metrics": cfg.get("metrics")},
+                     indent=2, default=str))
+    return 0
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="simulated data dir ({train,val,test}/*.fits)")
+    p.add_argument("--stage", required=True, choices=_STAGES)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None, help="checkpoint dir (default: shipped)")
+    src.add_argument("--model", default=None,
+                     help="network name; its shipped weights must be the stage's")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int, default=None, help="score at most N cutouts")
+    p.add_argument("--plots", default=None, help="directory for ROC plots (PNG)")
+    p.add_argument("--detector-data", default=None,
+                   help="denoise stage: lens data on which to compare the shipped detector's "
+                        "AUC on raw vs denoised cutouts")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline._ray import ensure_ray
+    from pipeline.models import load_checkpoint, load_pretrained
+    from pipeline.train.evaluate import denoiser_effect_on_detector, evaluate_model
+
+    ensure_ray()
+    if args.checkpoint:
+        model, config = load_checkpoint(args.checkpoint)
+    else:
+        model, config = load_pretrained(args.stage)
+        if args.model and args.model != config["model"]:
+            raise SystemExit(f"shipped {args.stage} weights are {config['model']!r}, not "
+                             f"{args.model!r}: pass --checkpoint DIR for other networks")
+    if config["task"] != args.stage:
+        raise SystemExit(f"{args.checkpoint}: checkpoint is for stage {config['task']!r}, "
+                         f"not {args.stage!r}")
+    res = evaluate_model(model, config, args.data, args.split, args.plots, args.limit)
+    if args.detector_data and args.stage == "denoise":
+        det, det_cfg = load_pretrained("lens-detect")
+        res["detector"] = denoiser_effect_on_detector(model, config, det, det_cfg,
+                                                      args.detector_data, args.split, args.limit)
+    print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
 def _add_read(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="FITS files, directories, globs or URIs (s3://, gs://)")
@@ -77,6 +205,9 @@ def _run_read(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple] = {
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
+    "train": (_add_train, _run_train, "train a stage with Ray Train (safetensors + config out)"),
+    "tune": (_add_tune, _run_tune, "search a stage's hyper-parameters with Ray Tune (ASHA)"),
+    "evaluate": (_add_evaluate, _run_evaluate, "score a stage on simulated data (JSON + ROC plots)"),
 }
 
 

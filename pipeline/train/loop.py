@@ -90,10 +90,13 @@ def train_loop_per_worker(cfg: dict) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot, n = tot + float(loss) * len(batch["x"]), n + len(batch["x"])
+            tot, n = tot + loss.item() * len(batch["x"]), n + len(batch["x"])
         sched.step()
         metrics = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
                    **_validate(model, task, val_shard, cfg, device)}
+        if rank == 0:
+            print(f"[lensray] epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
+                  f"{metrics['val_loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
         score = metrics.get(task.monitor, float("nan"))
         improved = best is None or (np.isfinite(score) and sign * (score - best) > 0)
         best, since_best = (score, 0) if improved else (best, since_best + 1)
@@ -125,7 +128,7 @@ def _validate(model, task, shard, cfg, device) -> dict:
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=256, device=device):
             out = model(batch["x"])
-            tot += float(task.loss(out, batch, cfg)) * len(out)
+            tot += task.loss(out, batch, cfg).item() * len(out)
             n += len(out)
             outs.append(out.float().cpu().numpy())
             for c in task.label_columns:
@@ -182,6 +185,9 @@ def _geometry(data_dir, manifest: dict) -> dict:
     bands = manifest.get("bands")
     size = manifest.get("size") or manifest.get("num_pix")
     scale = manifest.get("pixel_scale")
+    inst = manifest.get("instrument")
+    if not scale and isinstance(inst, dict) and inst.get("bands"):  # lensray-sim/1 manifests
+        scale = inst["bands"][0].get("pixel_scale")
     if not (bands and size and scale):
         from astropy.io import fits
 
@@ -238,7 +244,7 @@ def make_trainer(cfg: dict, train_ds, val_ds, name: str, storage_path, *, num_wo
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()), callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=task.monitor,
+                num_to_keep=None, checkpoint_score_attribute=task.monitor,
                 checkpoint_score_order=task.mode)),
     )
 
@@ -264,7 +270,7 @@ def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_worker
                            num_workers=num_workers, use_gpu=use_gpu,
                            cpus_per_worker=cpus_per_worker)
     result = trainer.fit()
-    export_checkpoint(best_checkpoint(result, get_task(stage)), out_dir)
+    export_checkpoint(best_checkpoint(result, get_task(stage)), out_dir, history=_history(result))
     if evaluate_test:
         from pipeline.train.evaluate import evaluate_checkpoint
 
@@ -288,7 +294,17 @@ def best_checkpoint(result, task) -> str:
     return max(cands, key=key)[0].path
 
 
-def export_checkpoint(src, out_dir) -> Path:
+def _history(result) -> list[dict]:
+    """Per-epoch train/val loss of a Ray Train result (kept in the exported config)."""
+    df = result.metrics_dataframe
+    if df is None or df.empty:
+        return []
+    cols = [c for c in ("epoch", "train_loss", "val_loss") if c in df]
+    df = df[cols].sort_values("epoch")
+    return [{k: float(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
+def export_checkpoint(src, out_dir, history: list[dict] | None = None) -> Path:
     """Copy a reported checkpoint to ``out_dir``, dropping training-only bookkeeping."""
     from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
@@ -298,5 +314,7 @@ def export_checkpoint(src, out_dir) -> Path:
     cfg = json.loads((Path(src) / CONFIG_FILE).read_text())
     cfg.pop("since_best", None)
     cfg.pop("best", None)
+    if history is not None:
+        cfg["trained"]["history"] = history
     (out_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return out_dir
