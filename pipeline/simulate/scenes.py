@@ -99,7 +99,8 @@ def allocate(n: int, fractions: dict[str, float], rng: np.random.Generator) -> l
     names = list(fractions)
     exact = np.array([fractions[k] * n for k in names])
     counts = np.floor(exact).astype(int)
-    order = np.argsort(-(exact - counts), kind="stable")
+    perm = rng.permutation(len(names))  # ties in the remainder go to random classes
+    order = perm[np.argsort(-(exact - counts)[perm], kind="stable")]
     counts[order[: n - counts.sum()]] += 1
     labels = np.repeat(np.array(names, dtype=object), counts)
     rng.shuffle(labels)
@@ -227,7 +228,8 @@ def _lens_scene(rng, preset: Preset, priors: Priors, task: str) -> Scene:
     lens = [("EPL_NUMBA", {"theta_E": theta_e, "gamma": slope, "e1": e1, "e2": e2,
                            "center_x": centre[0], "center_y": centre[1]}),
             ("SHEAR", {"gamma1": g1, "gamma2": g2, "ra_0": centre[0], "dec_0": centre[1]})]
-    beta = priors.beta_max * theta_e * math.sqrt(rng.random())
+    beta_max = priors.beta_max if task == "lens" else priors.beta_max_substructure
+    beta = beta_max * theta_e * math.sqrt(rng.random())
     a = rng.uniform(0, 2 * math.pi)
     src_c = (centre[0] + beta * math.cos(a), centre[1] + beta * math.sin(a))
     mag_s = _u(rng, priors.mag_source if task == "lens" else priors.mag_source_substructure)
@@ -290,6 +292,12 @@ def _add_substructure(rng, scene: Scene, priors: Priors, cls: str) -> Scene:
         x, y, m = sub.cdm_population(rng, sigma_sub, priors.m_sub, priors.alpha_sub,
                                      priors.sub_radius * lab["theta_e"], kpc_per_arcsec, centre)
         lab.update({"sigma_sub": sigma_sub, "n_subhalos": len(m)})
+        # Negative sheet with the subhalos' mean convergence inside the disk (as pyHalo does),
+        # so the population perturbs the arcs locally instead of inflating the Einstein radius.
+        radius = priors.sub_radius * lab["theta_e"]
+        kappa = m.sum() / (lc.sigma_crit_angle * np.pi * radius**2)
+        scene.lens.append(("CONVERGENCE", {"kappa": -float(kappa), "ra_0": centre[0],
+                                           "dec_0": centre[1]}))
     elif cls == "vortex":
         sigma_v = lc.sis_theta_E2sigma_v(lab["theta_e"])
         length = min(sub.de_broglie_kpc(lab["log10_m_axion"], sigma_v) / kpc_per_arcsec,

@@ -7,6 +7,8 @@ spread evenly along a line whose length is the axion de Broglie wavelength.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 HC_EV_M = 1.239841984e-6  # h c (eV m)
@@ -14,12 +16,19 @@ C_KM_S = 299792.458
 KPC_M = 3.0856775814913673e19
 
 
-def lens_cosmo(z_lens: float, z_source: float):
-    """lenstronomy ``LensCosmo`` in the simulator's cosmology (flat LCDM, H0=70, Om0=0.3)."""
+@functools.cache
+def cosmology():
+    """The simulator's cosmology: flat LCDM, H0 = 70, Om0 = 0.3 (built once: it costs ~0.2 s)."""
     from astropy.cosmology import FlatLambdaCDM
+
+    return FlatLambdaCDM(H0=70.0, Om0=0.3)
+
+
+def lens_cosmo(z_lens: float, z_source: float):
+    """lenstronomy ``LensCosmo`` (distances, Sigma_crit) for a lens/source pair."""
     from lenstronomy.Cosmo.lens_cosmo import LensCosmo
 
-    return LensCosmo(z_lens, z_source, cosmo=FlatLambdaCDM(H0=70.0, Om0=0.3))
+    return LensCosmo(z_lens, z_source, cosmo=cosmology())
 
 
 def point_mass_theta_e(mass, sigma_crit_angle: float):
