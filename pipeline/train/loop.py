@@ -124,6 +124,9 @@ def _validate(model, task, shard, cfg, device) -> dict:
     import torch
 
     model.eval()
+    # Validation without test-time D4 averaging: 8x cheaper, and the loss still ranks epochs.
+    net = getattr(model, "module", model)
+    tta, net.tta = getattr(net, "tta", False), False
     outs, labels, tot, n = [], {c: [] for c in task.label_columns}, 0.0, 0
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=256, device=device):
@@ -135,6 +138,7 @@ def _validate(model, task, shard, cfg, device) -> dict:
                 labels[c].append(batch[c].cpu().numpy())
             if task.name == "denoise":
                 labels.setdefault("image", []).append(batch["x"].cpu().numpy())
+    net.tta = tta
     if n == 0:
         return {"val_loss": float("nan")}
     pred = task.decode(np.concatenate(outs), cfg)
