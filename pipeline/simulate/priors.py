@@ -129,7 +129,7 @@ class Priors:
                 raise ConfigError(f"prior {name}=({lo}, {hi}): axis ratios must lie in (0, 1]")
         if not 1.0 < self.gamma_slope[0] <= self.gamma_slope[1] < 3.0:
             raise ConfigError(f"prior gamma_slope={self.gamma_slope}: EPL needs 1 < gamma < 3")
-        if self.z_lens[0] <= 0 or self.z_source[1] <= self.z_lens[0] + self.dz_min:
+        if self.z_lens[0] <= 0 or self.z_source[1] <= self.z_lens[1] + self.dz_min:
             raise ConfigError(
                 f"priors z_lens={self.z_lens}, z_source={self.z_source}, dz_min={self.dz_min}: "
                 "no source can lie behind the lens"
