@@ -99,6 +99,11 @@ class Stage:
             self.setup()
             self._ready = True
         n = len(batch[schema.ID])
+        err = batch.get(schema.ERROR)
+        if err is not None and np.asarray(err).dtype.kind == "f":
+            # Ray Data hands an all-null column (a batch without errors) over as float NaN,
+            # which good_mask would read as errors: restore the nulls.
+            batch = {**batch, schema.ERROR: np.full(n, None, dtype=object)}
         mask = np.asarray(self.select(batch), dtype=bool)
         out = dict(batch)
         if mask.any():

@@ -1,0 +1,127 @@
+"""Candidate gallery: the top-scored cutouts of a catalogue, drawn with their scores.
+
+The catalogue holds no pixels, so the few cutouts shown are read again from their source
+files (``source`` + ``id``), with the same bands and size as the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
+
+
+def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
+                   keys: Sequence[str] | None = None) -> list[dict]:
+    """The ``k`` rows with the highest ``p_lens`` (or the first ``k`` rows without a detector).
+
+    ``keys`` limits the search to those shard files (``<key>.parquet``) of the catalogue.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    catalog_dir = Path(catalog_dir)
+    files = sorted(catalog_dir.glob("*.parquet")) if keys is None else [
+        catalog_dir / f"{key}.parquet" for key in keys if (catalog_dir / f"{key}.parquet").is_file()]
+    if not files or k <= 0:
+        return []
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    if table.num_rows == 0:
+        return []
+    if "p_lens" in table.column_names:
+        p = np.nan_to_num(table.column("p_lens").to_numpy(zero_copy_only=False).astype(float),
+                          nan=-1.0)
+        order = np.argsort(-p, kind="stable")[:k]
+    else:
+        order = np.arange(min(k, table.num_rows))
+    return table.take(pa.array(order)).to_pylist()
+
+
+def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
+    """The image of each row, read again from its source file (None if it cannot be)."""
+    import pyarrow.fs as pafs
+
+    from pipeline.io import ReadOptions, decode_fits
+
+    options = ReadOptions(bands=tuple(bands) if bands else None, size=size)
+    by_source: dict[str, dict] = {}
+    images = []
+    for row in rows:
+        src = row.get("source")
+        if src not in by_source:
+            try:
+                fs, path = pafs.FileSystem.from_uri(src if "://" in src else os.path.abspath(src))
+                with fs.open_input_stream(path) as f:
+                    batch = decode_fits(f.read(), src, options)
+                by_source[src] = dict(zip(batch["id"].tolist(), batch["image"], strict=True))
+            except Exception:  # a gallery must not fail a finished run
+                by_source[src] = {}
+        images.append(by_source[src].get(row.get("id")))
+    return images
+
+
+def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An asinh-stretched greyscale (one band) or RGB (three or more: last = red) picture."""
+    img = np.asarray(image, dtype=np.float64)
+    sky = np.median(img, axis=(-2, -1), keepdims=True)
+    noise = 1.4826 * np.median(np.abs(img - sky), axis=(-2, -1), keepdims=True) + 1e-12
+    z = np.arcsinh((img - sky) / (3 * noise))
+    lo, hi = np.percentile(z, [1, 99.7])
+    z = np.clip((z - lo) / (hi - lo + 1e-12), 0, 1)
+    if z.shape[0] >= 3:
+        return np.moveaxis(z[[-1, len(z) // 2, 0]], 0, -1), None
+    return z[0], "gray"
+
+
+def _label(row: dict) -> str:
+    lines = [str(row.get("id"))]
+    if row.get("p_lens") is not None:
+        lines.append(f"p_lens {row['p_lens']:.3f}")
+    probs = {c: row.get(f"p_{c}") for c in SUBSTRUCTURE_CLASSES}
+    if all(v is not None and np.isfinite(v) for v in probs.values()):
+        best = max(probs, key=probs.get)
+        lines.append(f"{best} {probs[best]:.2f}")
+        if best == "vortex" and row.get("log10_m_axion") is not None:
+            lines.append(f"log m_a {row['log10_m_axion']:.2f}±{row['log10_m_axion_sigma']:.2f}")
+        elif best == "cdm" and row.get("sigma_sub") is not None:
+            lines.append(f"Σsub {row['sigma_sub']:.3f}±{row['sigma_sub_sigma']:.3f}")
+    if row.get("is_lens") is not None:  # simulated data carry the truth
+        lines.append("true lens" if row["is_lens"] else "true non-lens")
+    return "\n".join(lines)
+
+
+def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size=None,
+                  columns: int = 4) -> Path:
+    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    n = max(1, len(rows))
+    ncol = min(columns, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.1 * nrow), squeeze=False)
+    images = _cutouts(rows, bands, size)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, row, img in zip(axes.flat, rows, images, strict=False):
+        if img is not None:
+            pic, cmap = _display(img)
+            ax.imshow(pic, cmap=cmap, origin="lower", interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, "cutout\nunavailable", ha="center", va="center")
+        ax.set_title(_label(row), fontsize=7)
+    if not rows:
+        axes.flat[0].text(0.5, 0.5, "no candidates", ha="center", va="center")
+    fig.suptitle(f"lensray: top {len(rows)} candidates by p_lens", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
