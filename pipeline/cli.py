@@ -202,7 +202,66 @@ def _run_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="FITS files, directories, globs or URIs (s3://, gs://)")
+    p.add_argument("--demo", action="store_true",
+                   help="simulate a small field (a few %% lenses) into OUT/demo-field and run on it")
+    p.add_argument("--out", required=True, help="output dir (catalog/, errors/, summary.json, "
+                   "gallery.png); rerunning with the same dir skips finished input files")
+    p.add_argument("--bands", nargs="+", default=None, help="bands to read, e.g. VIS")
+    p.add_argument("--size", type=int, default=None, help="centre-crop/pad cutouts to N x N")
+    cut = p.add_mutually_exclusive_group()
+    cut.add_argument("--threshold", type=float, default=0.5,
+                     help="candidates: p_lens >= THRESHOLD go on to the substructure stage")
+    cut.add_argument("--top-fraction", type=float, default=None,
+                     help="candidates: this fraction of each batch by p_lens instead")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per model batch")
+    p.add_argument("--stages", default="denoise,lens-detect,substructure",
+                   help="comma-separated stages in order (default: all three)")
+    for stage in ("denoise", "lens-detect", "substructure"):
+        p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
+                       help=f"{stage} checkpoint dir (default: shipped weights)")
+    p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
+    p.add_argument("--demo-n", type=int, default=300, help="--demo: cutouts to simulate")
+    p.add_argument("--seed", type=int, default=0, help="--demo: simulation seed")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from pipeline._ray import ensure_ray
+    from pipeline.run import run_cascade, run_demo
+
+    if bool(args.inputs) == args.demo:
+        raise SystemExit("lensray run: give INPUT files/dirs, or --demo (not both)")
+    kwargs = dict(
+        bands=args.bands, size=args.size, threshold=args.threshold,
+        top_fraction=args.top_fraction, batch_size=args.batch_size,
+        stages=[s.strip() for s in args.stages.split(",") if s.strip()],
+        checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint")
+                     for s in ("denoise", "lens-detect", "substructure")
+                     if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
+        strict=args.strict, gallery=args.gallery, progress=not args.no_progress,
+    )
+    ensure_ray(log_to_driver=False, logging_level="ERROR")
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
+    if args.demo:
+        summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
+    else:
+        summary = run_cascade(args.inputs, args.out, **kwargs)
+    print(json.dumps({k: summary[k] for k in ("inputs", "total", "throughput_rows_per_s",
+                                             "timings_s") if k in summary}, indent=2))
+    print(f"catalogue: {args.out}/catalog/  errors: {args.out}/errors/  "
+          f"gallery: {summary.get('gallery', '-')}")
+    return 0
+
+
 COMMANDS: dict[str, tuple] = {
+    "run": (_add_run, _run_run, "run the cascade (denoise, lens-detect, substructure) into a catalogue"),
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
     "train": (_add_train, _run_train, "train a stage with Ray Train (safetensors + config out)"),
