@@ -321,9 +321,8 @@ def _is_image(hdu) -> bool:
 
 
 def _shape(hdu) -> tuple[int, ...]:
-    """Array shape from the header (NumPy order), without loading the data."""
-    naxis = int(hdu.header.get("NAXIS", 0) or 0)
-    return tuple(int(hdu.header.get(f"NAXIS{k}", 0)) for k in range(naxis, 0, -1))
+    """Array shape (NumPy order) from the header, without loading the data."""
+    return tuple(hdu.shape)
 
 
 def _describe(hdus) -> str:
@@ -480,10 +479,8 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
 
 def _shard_table(hdus, names, sidecar) -> dict[str, np.ndarray] | None:
     if CATALOG_EXT in names:
-        from astropy.table import Table
-
-        t = Table.read(hdus[names.index(CATALOG_EXT)], character_as_bytes=False)
-        cols = {name: np.asarray(t[name]) for name in t.colnames}
+        rec = hdus[names.index(CATALOG_EXT)].data  # FITS_rec: big-endian columns, bytes strings
+        cols = {name: np.asarray(rec[name]) for name in rec.names} if rec is not None else {}
     else:
         pa_table = sidecar() if sidecar is not None else None
         if pa_table is None:
