@@ -152,6 +152,22 @@ def test_radec_from_object_keywords_and_nan_when_unknown(tmp_path):
     assert np.isnan(read_fits_file(none)["ra"][0]) and np.isnan(read_fits_file(none)["dec"][0])
 
 
+def test_compressed_files_gzip_and_tile_compressed(tmp_path):
+    import gzip
+
+    img = np.random.default_rng(2).normal(size=(20, 30)).astype(np.float32)
+    raw = tmp_path / "a.fits"
+    _write(raw, [fits.PrimaryHDU(img)])
+    (tmp_path / "a.fits.gz").write_bytes(gzip.compress(raw.read_bytes()))
+    (tmp_path / "b.bin").write_bytes(gzip.compress(raw.read_bytes()))  # gzip without the suffix
+    comp = fits.CompImageHDU(img, compression_type="GZIP_1", quantize_level=0.0)
+    _write(tmp_path / "c.fits.fz", [fits.PrimaryHDU(), comp])
+    for name, index in (("a.fits.gz", 0), ("b.bin", 0), ("c.fits.fz", 1)):
+        (row,) = _rows(read_fits_file(str(tmp_path / name)))
+        assert row["error"] is None and row["index"] == index, name
+        np.testing.assert_array_equal(row["image"][0], img)
+
+
 # ----------------------------------------------------------------------------- size and pixels
 @pytest.mark.parametrize("h, w, size", [(7, 7, 5), (8, 8, 5), (5, 5, 8), (6, 9, 7), (4, 4, 4)])
 def test_centre_crop_or_pad_keeps_the_centre_pixel_and_never_resamples(h, w, size):
@@ -304,6 +320,14 @@ def test_ray_globs_and_explicit_non_fits_file(ray_local, tmp_path):
     assert ids(read_cutouts(str(tmp_path / "**" / "*.fits"))) == ["_hidden:0", "a:0", "c:0"]
     (row,) = read_cutouts(tmp_path / "notes.txt").take_all()  # asked for explicitly: error row
     assert "notes.txt: not a readable FITS file" in row["error"]
+    # URIs go through pyarrow.fs and keep their scheme in `source`; *.gz is inflated on the way
+    import gzip
+
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "d.fits.gz").write_bytes(gzip.compress((tmp_path / "a.fits").read_bytes()))
+    (row,) = read_cutouts(f"file://{tmp_path}/z").take_all()
+    assert row["source"] == f"file://{tmp_path}/z/d.fits.gz" and row["error"] is None
+    np.testing.assert_array_equal(row["image"][0], img)
 
 
 def test_more_files_than_the_open_file_limit(ray_local, tmp_path):

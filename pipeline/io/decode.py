@@ -26,6 +26,7 @@ one row with ``index = -1``), never an exception, unless ``strict=True``.
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import warnings
@@ -112,7 +113,7 @@ def decode_fits(
     """Decode one FITS file (its bytes) into a batch of cutout rows.
 
     Args:
-        data: the file's bytes (already decompressed or gzip; astropy detects gzip).
+        data: the file's bytes (gzip-compressed bytes are inflated here).
         source: the path/URI recorded in the ``source`` column and in error messages.
         options: bands, size, clean, max_nonfinite, strict (see :class:`ReadOptions`).
         sidecar: called (only for a cube shard without a CATALOG HDU) to get the sibling Parquet
@@ -129,6 +130,8 @@ def decode_fits(
     options = options or ReadOptions()
     stem = file_stem(source)
     try:
+        if data[:2] == b"\x1f\x8b":  # gzip bytes (Ray inflates *.gz itself, this is the rest)
+            data = gzip.decompress(data)
         batch = _decode(data, source, stem, options, sidecar)
     except Exception as exc:  # one bad file becomes one error row, never a failed job
         reason = str(exc) if isinstance(exc, _Reason) else f"{type(exc).__name__}: {exc}"
