@@ -9,7 +9,7 @@ preset            bands      "/px    FWHM "  source of the numbers
 ================  =========  ======  ======  =====================================
 ``hst``           F160W      0.08    0.15    lenstronomy HST WFC3_F160W (2 orbits)
 ``euclid-vis``    VIS        0.101   0.16    lenstronomy Euclid VIS (4 x 566 s)
-``ground-gri``    g, r, i    0.2     0.71-77 lenstronomy LSST g,r,i (10-year coadd)
+``ground-gri``    g, r, i    0.2     0.71-77 lenstronomy LSST g,r,i (2-year coadd)
 ================  =========  ======  ======  =====================================
 """
 
@@ -133,6 +133,9 @@ def _from_lenstronomy(name: str, obs: dict, camera: dict, **override) -> Band:
     )
 
 
+GROUND_COADD_YEARS = 2
+
+
 def _build_presets() -> dict[str, Preset]:
     from lenstronomy.SimulationAPI.ObservationConfig import HST as HSTModule
     from lenstronomy.SimulationAPI.ObservationConfig import LSST, Euclid
@@ -146,16 +149,21 @@ def _build_presets() -> dict[str, Preset]:
     # Euclid VIS wide survey: 4 x 566 s, 0.101"/px, FWHM 0.16" (lenstronomy, 2024 numbers).
     vis = _from_lenstronomy("VIS", dict(Euclid.VIS_band_obs), dict(Euclid.VIS_camera))
 
-    # Ground: LSST g, r, i 10-year coadds, 0.2"/px, seeing 0.77/0.73/0.71" (lenstronomy).
+    # Ground: LSST g, r, i at 0.2"/px, seeing 0.77/0.73/0.71" (lenstronomy), as a 2-year coadd
+    # (lenstronomy's coadd_years=2: num_exposures scaled by 2/10; r: 92 x 15 s = 1380 s), which is
+    # KiDS-like in depth (KiDS r: 1800 s on VST) and leaves faint arcs faint.
     lsst_camera = {"read_noise": 10.0, "pixel_scale": 0.2, "ccd_gain": 2.3}
-    gri = tuple(
-        _from_lenstronomy(b, dict(getattr(LSST, f"{b}_band_obs")), lsst_camera) for b in "gri"
-    )
+    gri = []
+    for b in "gri":
+        obs = dict(getattr(LSST, f"{b}_band_obs"))
+        obs["num_exposures"] = GROUND_COADD_YEARS * obs["num_exposures"] // 10
+        gri.append(_from_lenstronomy(b, obs, lsst_camera))
+    gri = tuple(gri)
 
     presets = [
         Preset("hst", "HST WFC3/IR F160W, 0.08\"/px, 2 orbits", (hst,), "F160W"),
         Preset("euclid-vis", "Euclid VIS wide survey, 0.101\"/px, 4 x 566 s", (vis,), "VIS"),
-        Preset("ground-gri", "LSST-like g,r,i 10-year coadd, 0.2\"/px", gri, "r"),
+        Preset("ground-gri", "LSST/KiDS-like g,r,i (LSST 2-year coadd), 0.2\"/px", gri, "r"),
     ]
     return {p.name: p for p in presets}
 

@@ -21,7 +21,7 @@ Range = tuple[float, float]
 # non-lens part). Hard negatives are about half of the non-lenses.
 NONLENS_KINDS: dict[str, float] = {
     "elliptical": 0.45,  # plain early-type galaxy: the lens galaxy population without a source
-    "spiral": 0.15,  # bulge + exponential disk + clumpy logarithmic spiral arms (arc-like)
+    "spiral": 0.15,  # bulge + exponential disk + two clumpy logarithmic arms (arc-like)
     "ring_galaxy": 0.10,  # nucleus + clumpy star-forming ring (Einstein-ring-like)
     "companion": 0.15,  # elliptical with 1-2 close unlensed neighbours
     "background_blend": 0.15,  # elliptical + an unlensed faint blue galaxy behind/next to it

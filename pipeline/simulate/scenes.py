@@ -158,7 +158,7 @@ def _project(x, y, q: float, phi: float, centre):
 
 
 def _spiral(rng, preset, priors: Priors, centre) -> tuple[list[Light], dict]:
-    """Bulge + exponential disk + two clumpy logarithmic arms (24 clumps)."""
+    """Bulge + exponential disk + two clumpy logarithmic arms (40 clumps)."""
     mag = _u(rng, priors.mag_lens)
     f_arm = _u(rng, priors.spiral_arm_flux_fraction)
     m_bulge, m_disk, m_arms = _split_mag(mag, [0.3 * (1 - f_arm), 0.7 * (1 - f_arm), f_arm])
@@ -173,13 +173,15 @@ def _spiral(rng, preset, priors: Priors, centre) -> tuple[list[Light], dict]:
               "center_x": centre[0], "center_y": centre[1]}, _mags(rng, preset, m_disk, "disk")),
     ]
     pitch = math.radians(_u(rng, priors.spiral_pitch_deg))
-    t = np.linspace(0.0, 1.6 * math.pi, 12)
-    r = 0.4 * r_disk * np.exp(t * math.tan(pitch))
-    r = r * (2.0 * r_disk / r.max())
+    t = np.linspace(0.0, 1.6 * math.pi, 20)
+    r = np.exp(t * math.tan(pitch))
+    r = r * (1.8 * r_disk / r.max())
     x0 = np.concatenate([r * np.cos(t), -r * np.cos(t)])
     y0 = np.concatenate([r * np.sin(t), -r * np.sin(t)])
     x, y = _project(x0, y0, q, phi, centre)
-    parts += _clumpy_curve(rng, preset, x, y, m_arms, 0.12 * r_disk + 0.03, "blue")
+    # clumps about as wide as their spacing along the arm, so arms look continuous but knotty
+    width = 0.6 * np.hypot(np.diff(x0[:20]), np.diff(y0[:20])).mean() + 0.02
+    parts += _clumpy_curve(rng, preset, x, y, m_arms, width, "blue")
     return parts, {"mag_lens": mag, "r_eff_lens": r_disk}
 
 
