@@ -150,6 +150,21 @@ def test_radec_from_object_keywords_and_nan_when_unknown(tmp_path):
     assert read_fits_file(sexa)["ra"][0] == pytest.approx(15.0)
     assert read_fits_file(sexa)["dec"][0] == pytest.approx(-30.5)
     assert np.isnan(read_fits_file(none)["ra"][0]) and np.isnan(read_fits_file(none)["dec"][0])
+    # a galactic WCS centred on l = b = 0 is the Galactic Centre, RA 266.405 Dec -28.936 (ICRS)
+    gal = fits.Header(
+        {
+            "CTYPE1": "GLON-TAN",
+            "CTYPE2": "GLAT-TAN",
+            "CRVAL1": 0.0,
+            "CRVAL2": 0.0,
+            "CRPIX1": 4.5,
+            "CRPIX2": 4.5,
+            "CDELT1": -1e-4,
+            "CDELT2": 1e-4,
+        }
+    )
+    gc = read_fits_file(_write(tmp_path / "gal.fits", [fits.PrimaryHDU(img, gal)]))
+    assert (gc["ra"][0], gc["dec"][0]) == pytest.approx((266.40499, -28.93617), abs=1e-4)
 
 
 def test_compressed_files_gzip_and_tile_compressed(tmp_path):

@@ -4,8 +4,8 @@ Order of preference (first that gives finite numbers wins), for the image's own 
 the file's PRIMARY header:
 
 1. the celestial part of the WCS (``astropy.wcs``) evaluated at the geometric centre
-   ``((W-1)/2, (H-1)/2)`` (0-based); equatorial frames (RA/DEC axes, ICRS or FK5 J2000) are taken
-   as they are, other frames (galactic, ecliptic) are transformed to ICRS;
+   ``((W-1)/2, (H-1)/2)`` (0-based); RA/DEC axes in ICRS or FK5 are taken as they are (they differ
+   by < 0.1"), other frames (FK4, galactic, ecliptic) are transformed to ICRS;
 2. object keywords ``RA_OBJ/DEC_OBJ``, ``RA/DEC``, ``OBJRA/OBJDEC``, ``RA_TARG/DEC_TARG``
    (degrees, or sexagesimal strings with RA in hours);
 3. ``CRVAL1/CRVAL2`` when ``CTYPE1/CTYPE2`` name RA/DEC axes (the reference point, last resort).
@@ -55,7 +55,7 @@ def _from_wcs(header, ny: int, nx: int) -> tuple[float, float]:
         lon, lat = wcs.wcs.lng, wcs.wcs.lat
         world = wcs.wcs_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
         ctype = wcs.wcs.ctype[lon].upper()
-        if ctype.startswith("RA"):
+        if ctype.startswith("RA") and wcs.wcs.radesys.strip().upper() in ("", "ICRS", "FK5"):
             return float(world[lon]) % 360.0, float(world[lat])
         from astropy.wcs.utils import pixel_to_skycoord
 
