@@ -1,0 +1,245 @@
+"""End-to-end cutouts/s of the cascade on Ray vs a hand-written single-process PyTorch loop.
+
+    python benchmarks/cascade_throughput.py --n 10000 100000
+
+For each N it writes N 64x64 one-band cutouts (sky noise + a Gaussian galaxy, cheap to make)
+as FITS cube shards of 1,000 with ``write_cube_shard``, then measures in one run:
+
+* **lensray**: ``run_cascade`` (read_cutouts -> Denoise -> LensDetect -> Substructure on
+  candidates -> per-shard Parquet) on an embedded local Ray using every core;
+* **baseline**: one Python process, same cores (torch threads = cores): for each shard,
+  astropy read (``read_fits_file``, the reader's own decode) -> the same three models with
+  ``predict`` -> the same candidate cut -> one Parquet file per shard.
+
+It prints cutouts/s for both, their ratio (target >= 0.9) and the peak resident memory (driver
+plus every Ray worker for lensray; the process for the baseline). The models are the shipped
+weights when present, else freshly initialised networks of the same architectures (speed does
+not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("denoise", "lens-detect", "substructure")
+
+
+def make_field(directory: Path, n: int, size: int = 64, shard: int = 1000, seed: int = 0) -> list[Path]:
+    """``n`` noisy cutouts with a Gaussian galaxy each, as cube shards (reused if present)."""
+    from pipeline.io import write_cube_shard
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    for i, start in enumerate(range(0, n, shard)):
+        path = directory / f"shard-{i:05d}.fits"
+        paths.append(path)
+        if path.exists():
+            continue
+        rng = np.random.default_rng([seed, i])
+        m = min(shard, n - start)
+        r = rng.uniform(1.5, 6.0, (m, 1, 1, 1))
+        amp = rng.lognormal(3.0, 1.0, (m, 1, 1, 1))
+        images = 100 + rng.normal(0, 5, (m, 1, size, size)) + amp * np.exp(-(xx**2 + yy**2) / (2 * r**2))
+        ids = np.array([f"bench-{start + j}" for j in range(m)])
+        write_cube_shard(path, images.astype(np.float32),
+                         {"id": ids, "ra": rng.uniform(0, 360, m), "dec": rng.uniform(-60, 60, m)},
+                         ["VIS"])
+    return paths
+
+
+def checkpoints(workdir: Path) -> tuple[dict[str, str | None], str]:
+    """Shipped weights if all three exist, else random-initialised default architectures."""
+    from pipeline.models import WEIGHTS_DIR
+
+    if all((WEIGHTS_DIR / s / "model.safetensors").is_file() for s in STAGES):
+        return {s: None for s in STAGES}, "shipped weights"
+    import json as _json
+
+    from pipeline.models import create_model, save_checkpoint
+    from pipeline.models.normalize import DEFAULT_NORMALIZATION
+    from pipeline.models.tasks import model_kwargs
+    from pipeline.train.loop import DEFAULT_MODEL
+
+    out = {}
+    for s in STAGES:
+        shipped = WEIGHTS_DIR / s / "config.json"
+        if (WEIGHTS_DIR / s / "model.safetensors").is_file():
+            out[s] = None
+            continue
+        cfg = _json.loads(shipped.read_text()) if shipped.is_file() else {}
+        cfg.update(task=s, model=DEFAULT_MODEL[s], bands=["VIS"], size=64, pixel_scale=0.101,
+                   normalization=dict(DEFAULT_NORMALIZATION))
+        if s == "substructure":
+            cfg["classes"] = ["no_sub", "cdm", "vortex"]
+            cfg["targets"] = {"log10_m_axion": {"mean": -22.5, "std": 0.6, "class": 2},
+                              "sigma_sub": {"mean": 0.05, "std": 0.03, "class": 1}}
+        cfg["model_kwargs"] = model_kwargs(s, cfg["model"], cfg)
+        out[s] = str(save_checkpoint(create_model(cfg["model"], **cfg["model_kwargs"]), cfg,
+                                     workdir / "ckpt" / s))
+    return out, "random-initialised default architectures (" + ", ".join(
+        s for s in STAGES if out[s]) + ")"
+
+
+class PeakRSS:
+    """Peak summed RSS of this process and (optionally) all its descendants (Ray workers)."""
+
+    def __init__(self, children: bool):
+        import psutil
+
+        self.proc, self.children, self.peak = psutil.Process(), children, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        procs = [self.proc] + (self.proc.children(recursive=True) if self.children else [])
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self):
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int) -> int:
+    """Single-process loop: astropy read -> denoise -> detect -> substructure -> Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.schema import good_mask
+    from pipeline.models import load_checkpoint, load_pretrained
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    models = {s: (load_checkpoint(c) if c else load_pretrained(s)) for s, c in ckpts.items()}
+    from pipeline.models import predict
+
+    out.mkdir(parents=True, exist_ok=True)
+    options = ReadOptions(bands=("VIS",), size=64)
+    rows = 0
+    for path in paths:
+        batch = read_fits_file(str(path), options)
+        good = good_mask(batch)
+        images = batch["image"][good]
+        cols = {k: batch[k][good] for k in ("id", "ra", "dec", "source", "index")}
+        images = predict(*models["denoise"], images, batch_size=batch_size)["image"]
+        p = predict(*models["lens-detect"], images, batch_size=batch_size)["p_lens"]
+        cand = p >= threshold
+        sub = predict(*models["substructure"], images[cand], batch_size=batch_size) if cand.any() else {}
+        cols.update(p_lens=p, is_candidate=cand)
+        for name, v in sub.items():
+            full = np.full(len(p), np.nan, np.float32)
+            full[cand] = v
+            cols[name] = full
+        pq.write_table(pa.table(cols), out / f"{path.stem}.parquet")
+        rows += len(batch["id"])
+    return rows
+
+
+def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int) -> int:
+    from pipeline.run import run_cascade
+
+    summary = run_cascade([str(p) for p in paths], out, bands=["VIS"], size=64,
+                          threshold=threshold, batch_size=batch_size,
+                          checkpoints={s: c for s, c in ckpts.items() if c}, gallery=0,
+                          progress=False)
+    assert summary["adds_up"], summary
+    return summary["this_run"]["rows"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--workdir", default=None, help="where shards/outputs go (default: a temp dir)")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the generated shards")
+    args = ap.parse_args(argv)
+
+    import logging
+
+    import ray
+
+    from pipeline import __version__
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lensray-bench-"))
+    ckpts, weights = checkpoints(workdir)
+    results = []
+    for n in args.n:
+        field = make_field(workdir / f"field-{n}", n)
+        for d in ("out-base", "out-ray"):
+            shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
+        with PeakRSS(children=False) as mem_b:
+            t = time.perf_counter()
+            rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold, args.batch_size)
+            dt_b = time.perf_counter() - t
+        if not ray.is_initialized():
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        with PeakRSS(children=True) as mem_r:
+            t = time.perf_counter()
+            rows_r = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
+            dt_r = time.perf_counter() - t
+        assert rows_b == rows_r == n, (rows_b, rows_r, n)
+        results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
+                        "ratio": (rows_r / dt_r) / (rows_b / dt_b),
+                        "lensray_peak_rss_gib": mem_r.peak / 2**30,
+                        "baseline_peak_rss_gib": mem_b.peak / 2**30,
+                        "lensray_s": dt_r, "baseline_s": dt_b})
+        if not args.keep:
+            shutil.rmtree(field, ignore_errors=True)
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{_mem_gib():.0f} GiB, torch threads {os.cpu_count()}, lensray {__version__}")
+    print(f"\nCascade throughput ({weights}); {machine}")
+    print("| cutouts | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) | ratio "
+          "| peak RSS lensray (GiB) | peak RSS baseline (GiB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['n']:,} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
+              f"{r['ratio']:.2f} | {r['lensray_peak_rss_gib']:.2f} | {r['baseline_peak_rss_gib']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
+                                               "results": results}, indent=2))
+    if not args.workdir and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _mem_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / 2**30
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
