@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--denoise", default=None, help="checkpoint (default: shipped)")
     p.add_argument("--denoise-data", default=None, help="data with CLEAN images and is_lens")
     p.add_argument("--out", default=None, help="write the Markdown report here")
+    p.add_argument("--append", action="store_true", help="append sections to --out")
     args = p.parse_args(argv)
 
     from pipeline._ray import ensure_ray
@@ -167,7 +168,9 @@ def main(argv=None) -> int:
     report = "\n".join(lines)
     print(report)
     if args.out:
-        Path(args.out).write_text(report + "\n")
+        if args.append and Path(args.out).exists():
+            report = Path(args.out).read_text().rstrip() + "\n\n" + "\n".join(lines[4:])
+        Path(args.out).write_text(report.rstrip() + "\n")
     return 0
 
 

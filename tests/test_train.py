@@ -77,9 +77,9 @@ def test_tune_two_trials_exports_best(tiny_lens_data, tmp_path):
 
     assert {"lr", "weight_decay", "model.widths"} <= set(search_space("d4_resnet"))
     out, trials = tune_stage(
-        "lens-detect", tiny_lens_data, tmp_path / "tuned", "d4_resnet", num_samples=2,
+        "lens-detect", tiny_lens_data, tmp_path / "tuned", "d4_resnet", num_samples=1,
         max_concurrent=2, epochs=1, batch_size=16, model_overrides=TINY_D4,
-        space={"lr": tune.grid_search([1e-3, 3e-3])}, name="test-tune")
+        space={"lr": tune.grid_search([1e-3, 3e-3])}, name="test-tune")  # 2 trials
     assert len(trials) == 2 and all("val_loss" in t for t in trials), trials
     cfg = json.loads((out / "config.json").read_text())
     best = min(t["val_loss"] for t in trials)
