@@ -43,8 +43,8 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
         f"| normalisation | {json.dumps(config['normalization'])} (pipeline.models.normalize) |",
         f"| training data | preset `{tr.get('preset')}`, simulation seed {tr.get('data_seed')}, "
         f"`{tr.get('data')}` ({tr.get('n_train')} train / {tr.get('n_val')} val cutouts) |",
-        f"| training | seed {tr.get('seed')}, {config.get('epoch', 0) + 1} epochs kept of "
-        f"{config.get('epochs')} max (best validation loss), batch {config.get('batch_size')}, "
+        f"| training | seed {tr.get('seed')}, best validation loss at epoch "
+        f"{config.get('epoch', 0) + 1} of up to {config.get('epochs')}, batch {config.get('batch_size')}, "
         f"lr {config.get('lr')}, AdamW wd {config.get('weight_decay')}, augmentation "
         f"{json.dumps(config.get('augment'))} |",
         f"| recipe | `{tr.get('recipe', 'lensray train ...')}` |",

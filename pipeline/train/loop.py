@@ -27,6 +27,7 @@ DEFAULTS = {
     "epochs": 10, "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "patience": 4,
     "seed": 0, "threads": 1, "max_minutes": None, "shuffle_buffer": 2048,
     "augment": {"max_shift": 2, "max_scale": 0.1, "p_scale": 0.3},
+    "normalization": None,  # overrides of pipeline.models.normalize.DEFAULT_NORMALIZATION
 }
 
 #: default network per stage (what the shipped weights use)
@@ -171,7 +172,8 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
     cfg = {**DEFAULTS, **{k: v for k, v in recipe.items() if v is not None}}
     cfg["augment"] = {**DEFAULTS["augment"], **(recipe.get("augment") or {})}
     cfg.update(task=stage, model=model, bands=list(bands or geom["bands"]), size=geom["size"],
-               pixel_scale=geom["pixel_scale"], normalization=dict(DEFAULT_NORMALIZATION),
+               pixel_scale=geom["pixel_scale"],
+               normalization={**DEFAULT_NORMALIZATION, **(recipe.get("normalization") or {})},
                lensray_version=__version__)
     if stage == "substructure":
         cfg["classes"] = list(task.classes)
