@@ -45,7 +45,7 @@ def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
     """The image of each row, read again from its source file (None if it cannot be)."""
     import pyarrow.fs as pafs
 
-    from pipeline.io import ReadOptions, decode_fits
+    from pipeline.io import ReadOptions, decode_fits, read_fits_file
 
     options = ReadOptions(bands=tuple(bands) if bands else None, size=size)
     by_source: dict[str, dict] = {}
@@ -54,9 +54,12 @@ def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
         src = row.get("source")
         if src not in by_source:
             try:
-                fs, path = pafs.FileSystem.from_uri(src if "://" in src else os.path.abspath(src))
-                with fs.open_input_stream(path) as f:
-                    batch = decode_fits(f.read(), src, options)
+                if "://" in src:
+                    fs, path = pafs.FileSystem.from_uri(src)
+                    with fs.open_input_stream(path) as f:
+                        batch = decode_fits(f.read(), src, options)
+                else:  # local: also finds a cube shard's sibling Parquet catalogue (its ids)
+                    batch = read_fits_file(src, options)
                 by_source[src] = dict(zip(batch["id"].tolist(), batch["image"], strict=True))
             except Exception:  # a gallery must not fail a finished run
                 by_source[src] = {}

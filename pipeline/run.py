@@ -137,7 +137,7 @@ def run_cascade(
     summary = {
         "lensray_version": __version__,
         "inputs": {"files": len(files), "skipped_finished": len(files) - len(pending),
-                   "processed": len(writer.done), "missing": sorted(writer.missing())},
+                   "processed": len(writer.done), "empty": sorted(writer.empty)},
         "this_run": writer.counts(),
         "total": {**total, "catalog_parquet_rows": written[CATALOG],
                   "errors_parquet_rows": written[ERRORS]},
@@ -204,6 +204,7 @@ class _ShardWriter:
         self.parts: list = []
         self.done: dict[str, dict] = {}
         self.models: dict[str, str] = {}
+        self.empty: list[str] = []
         self.rows_seen = self.candidates_seen = 0
 
     def add(self, table) -> None:
@@ -229,7 +230,14 @@ class _ShardWriter:
             self.candidates_seen += int(part.column("is_candidate").to_numpy(False).sum())
 
     def close(self) -> None:
+        """After a complete run: commit the last file; files that gave no row at all are empty
+        (Ray Data delivered every block), so they are finished too."""
         self._commit()
+        for source in self.missing():
+            marker = {"source": source, "rows": 0, "good": 0, "errors": 0, "candidates": 0}
+            _write_json(self.out / SHARDS / f"{self.keys[source]}.json", marker)
+            self.done[source] = marker
+            self.empty.append(source)
 
     def _commit(self) -> None:
         """Write the current file's catalogue and error rows, then its marker (all atomic)."""
@@ -265,7 +273,7 @@ class _ShardWriter:
         self.current, self.parts = None, []
 
     def missing(self) -> list[str]:
-        """Requested files that produced no row at all (the reader should give error rows)."""
+        """Requested files that have produced no row (yet)."""
         return [s for s in self.keys if s not in self.done]
 
     def counts(self) -> dict[str, int]:
