@@ -298,21 +298,26 @@ def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
     from pipeline._ray import ensure_ray
 
     ray = ensure_ray()
+    actors = []
     if cfg.backend == "caustics":
         from pipeline.simulate.caustics_backend import submit_caustics
 
-        pending = submit_caustics(cfg, specs)
+        pending, actors = submit_caustics(cfg, specs)
     else:
         task = ray.remote(num_cpus=1, max_retries=2)(make_shard)
         cfg_ref = ray.put(cfg)
         pending = [task.remote(cfg_ref, s) for s in specs]
     entries = []
-    with tqdm(total=len(specs), unit="shard", desc=f"simulate {cfg.preset.name}/{cfg.task}",
-              disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            entries += ray.get(done)
-            bar.update(len(done))
+    try:
+        with tqdm(total=len(specs), unit="shard", desc=f"simulate {cfg.preset.name}/{cfg.task}",
+                  disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                entries += ray.get(done)
+                bar.update(len(done))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
     return entries
 
 
