@@ -160,7 +160,7 @@ def read_fits_file(path: str, options: ReadOptions | None = None) -> dict[str, n
         return batch
 
     def sidecar():
-        parquet = _sibling_parquet(str(path))
+        parquet = sibling_parquet(str(path))
         if not os.path.exists(parquet):
             return None
         import pyarrow.parquet as pq
@@ -170,7 +170,8 @@ def read_fits_file(path: str, options: ReadOptions | None = None) -> dict[str, n
     return decode_fits(data, str(path), options, sidecar)
 
 
-def _sibling_parquet(path: str) -> str:
+def sibling_parquet(path: str) -> str:
+    """The Parquet catalogue next to a cube shard: 'dir/shard-0001.fits' -> 'dir/shard-0001.parquet'."""
     stem = file_stem(path)
     head = path.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in path else ""
     return f"{head}{stem}.parquet"

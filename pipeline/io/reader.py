@@ -18,7 +18,7 @@ import numpy as np
 from ray.data.datasource import FileBasedDatasource
 
 from pipeline.io import schema
-from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, _sibling_parquet, decode_fits
+from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, decode_fits, sibling_parquet
 
 if TYPE_CHECKING:
     import pyarrow
@@ -60,7 +60,7 @@ class FitsDatasource(FileBasedDatasource):
         import pyarrow.parquet as pq
         from pyarrow.fs import FileType
 
-        parquet = _sibling_parquet(path)
+        parquet = sibling_parquet(path)
         fs = self._filesystem.unwrap() if hasattr(self._filesystem, "unwrap") else self._filesystem
         if fs.get_file_info(parquet).type != FileType.File:
             return None
