@@ -208,12 +208,18 @@ class CausticsRenderer:
         return arcs + light, arcs
 
     def render_many(self, scenes: list[Scene], batch: int = BATCH):
-        clean, arcs = [], []
-        for i in range(0, len(scenes), batch):
-            c, a = self.render_batch(scenes[i: i + batch])
-            clean.append(c)
-            arcs.append(a)
-        return np.concatenate(clean), np.concatenate(arcs)
+        """Render in batches of similar scenes (few padded profile slots), in the input order."""
+        def size(s: Scene):
+            n_pm = 0 if s.point_masses is None else len(s.point_masses["x"])
+            return (len(s.light), n_pm, len(s.source))
+
+        order = sorted(range(len(scenes)), key=lambda i: size(scenes[i]))
+        shape = (len(scenes), len(self.preset.bands), self.preset.size, self.preset.size)
+        clean, arcs = np.empty(shape), np.empty(shape)
+        for i in range(0, len(order), batch):
+            idx = order[i: i + batch]
+            clean[idx], arcs[idx] = self.render_batch([scenes[j] for j in idx])
+        return clean, arcs
 
 
 class CausticsShardMaker:
