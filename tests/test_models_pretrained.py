@@ -70,3 +70,23 @@ def test_shipped_substructure_and_denoiser_on_fresh_sims(ray_local, tmp_path_fac
     m = denoise_metrics(lens["clean"], out, lens["image"])
     # the denoiser removes noise: closer to the noiseless image than its input, in both metrics
     assert m["psnr"] > m["psnr_input"] and m["ssim"] > m["ssim_input"] + 0.005
+
+
+def test_shipped_lens_finder_on_real_sky(data_dir):
+    """Observed cutouts at other pixel scales go through fit_cutouts; the clear Euclid ERO arc
+    is found (the full real-sky table, false positive included, is in the model card)."""
+    from pipeline.train.evaluate import score_sky_cutouts
+
+    model, cfg = load_pretrained("lens-detect")
+    real = data_dir / "real"
+    rows = score_sky_cutouts(model, cfg, [
+        {"path": real / "euclid" / "ERO_ID_37174.fits", "hdu": 0},
+        {"path": real / "hst" / "Cut_HST_COSMOS.fits", "hdu": 0},
+    ])
+    assert rows[0]["pixel_scale"] == pytest.approx(0.1, rel=0.01)
+    assert rows[1]["pixel_scale"] == pytest.approx(0.03, rel=0.01)
+    assert rows[0]["p_lens"] > 0.5
+    assert all(0 <= r["p_lens"] <= 1 for r in rows)
+    with pytest.raises(ValueError, match="no celestial WCS"):
+        score_sky_cutouts(model, cfg, [{"path": real / "hst" / "AEGIS_F814w_images_01.fits",
+                                        "hdu": 1}])
