@@ -80,8 +80,10 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return z[0], "gray"
 
 
-def _label(row: dict) -> str:
-    lines = [str(row.get("id"))]
+def _label(row: dict) -> tuple[str, str]:
+    """(title: the id, caption: scores) for one panel."""
+    rid = str(row.get("id"))
+    lines = []
     if row.get("p_lens") is not None:
         lines.append(f"p_lens {row['p_lens']:.3f}")
     probs = {c: row.get(f"p_{c}") for c in SUBSTRUCTURE_CLASSES}
@@ -94,7 +96,7 @@ def _label(row: dict) -> str:
             lines.append(f"Σsub {row['sigma_sub']:.3f}±{row['sigma_sub_sigma']:.3f}")
     if row.get("is_lens") is not None:  # simulated data carry the truth
         lines.append("true lens" if row["is_lens"] else "true non-lens")
-    return "\n".join(lines)
+    return (rid if len(rid) <= 26 else "…" + rid[-25:]), "\n".join(lines)
 
 
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size=None,
@@ -109,7 +111,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
     n = max(1, len(rows))
     ncol = min(columns, n)
     nrow = -(-n // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.1 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
     images = _cutouts(rows, bands, size)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -119,11 +121,15 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
             ax.imshow(pic, cmap=cmap, origin="lower", interpolation="nearest")
         else:
             ax.text(0.5, 0.5, "cutout\nunavailable", ha="center", va="center")
-        ax.set_title(_label(row), fontsize=7)
+        title, caption = _label(row)
+        ax.set_title(title, fontsize=7)
+        ax.text(0.03, 0.03, caption, transform=ax.transAxes, fontsize=7, color="white",
+                va="bottom", ha="left", bbox={"facecolor": "black", "alpha": 0.55, "pad": 2,
+                                             "edgecolor": "none"})
     if not rows:
         axes.flat[0].text(0.5, 0.5, "no candidates", ha="center", va="center")
     fig.suptitle(f"lensray: top {len(rows)} candidates by p_lens", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.0 * nrow)), h_pad=1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
