@@ -77,6 +77,7 @@ class Priors:
     beta_max: float = 0.8  # source offset: radius sqrt(U) * beta_max * theta_e
     beta_max_substructure: float = 0.4  # substructure task: near-central sources, long arcs
     max_clumps: int = 3  # 0..max_clumps clumps, each 5-20% of the source flux
+    max_clumps_substructure: int = 0  # smooth sources: clumps would mimic subhalo perturbations
     clump_flux: Range = (0.05, 0.2)
     clump_sigma: Range = (0.02, 0.08)
     # --- non-lens extras
@@ -88,12 +89,12 @@ class Priors:
     spiral_pitch_deg: Range = (10.0, 25.0)
     spiral_arm_flux_fraction: Range = (0.2, 0.5)
     # --- substructure (point-mass subhalos; DeepLense-like)
-    sigma_sub: Range = (0.025, 0.15)  # CDM normalisation (kpc^-2) of dN/dm dA at m0 = 1e8 (see docs)
+    sigma_sub: Range = (0.05, 0.2)  # CDM normalisation (kpc^-2) of dN/dm dA at m0 = 1e8 (see docs)
     m_sub: Range = (1e8, 1e10)  # subhalo mass range (M_sun), power law dN/dm ~ m^alpha
     alpha_sub: float = -1.9
     sub_radius: float = 1.5  # subhalos within sub_radius * theta_e of the lens centre
     log10_m_axion: Range = (-24.0, -22.0)  # eV; sets the vortex length (de Broglie wavelength)
-    log10_m_vortex: Range = (10.0, 10.5)  # total vortex mass (M_sun)
+    log10_m_vortex: Range = (10.3, 10.8)  # total vortex mass (M_sun), DeepLense-like (see docs)
     vortex_points: int = 64  # point masses spread evenly along the vortex line
     max_vortex_length: float = 8.0  # (") de Broglie lengths above this are clipped
 
@@ -152,7 +153,7 @@ class Priors:
         unknown = set(self.nonlens_kinds) - set(NONLENS_KINDS)
         if unknown:
             raise ConfigError(f"unknown non-lens kinds {sorted(unknown)} (known: {list(NONLENS_KINDS)})")
-        if min(self.beta_max, self.beta_max_substructure) <= 0 or self.max_clumps < 0 or self.vortex_points < 2:
+        if min(self.beta_max, self.beta_max_substructure) <= 0 or min(self.max_clumps, self.max_clumps_substructure) < 0 or self.vortex_points < 2:
             raise ConfigError("beta_max > 0, max_clumps >= 0 and vortex_points >= 2 are required")
         return self
 

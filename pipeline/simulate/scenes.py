@@ -121,12 +121,13 @@ def _deflector_light(rng, preset: Preset, priors: Priors, centre) -> tuple[Light
     return Light("SERSIC_ELLIPSE", kw, _mags(rng, preset, mag, "red")), info
 
 
-def _star_forming(rng, preset: Preset, priors: Priors, mag: float, centre) -> tuple[list[Light], dict]:
+def _star_forming(rng, preset: Preset, priors: Priors, mag: float, centre,
+                  max_clumps: int) -> tuple[list[Light], dict]:
     """A blue Sersic galaxy with 0..max_clumps Gaussian clumps; total magnitude ``mag``."""
     q = _u(rng, priors.q_source)
     phi = float(rng.uniform(0, math.pi))
     r_eff = _u(rng, priors.r_eff_source)
-    n_clumps = int(rng.integers(0, priors.max_clumps + 1))
+    n_clumps = int(rng.integers(0, max_clumps + 1))
     fr = [1.0] + [_u(rng, priors.clump_flux) for _ in range(n_clumps)]
     mags = _split_mag(mag, fr)
     e1, e2 = _ellipticity(phi, q)
@@ -235,7 +236,8 @@ def _lens_scene(rng, preset: Preset, priors: Priors, task: str) -> Scene:
     a = rng.uniform(0, 2 * math.pi)
     src_c = (centre[0] + beta * math.cos(a), centre[1] + beta * math.sin(a))
     mag_s = _u(rng, priors.mag_source if task == "lens" else priors.mag_source_substructure)
-    source, sinfo = _star_forming(rng, preset, priors, mag_s, src_c)
+    clumps = priors.max_clumps if task == "lens" else priors.max_clumps_substructure
+    source, sinfo = _star_forming(rng, preset, priors, mag_s, src_c, clumps)
     z_l, z_s = _redshifts(rng, priors)
     labels = {"is_lens": 1, "kind": LENS_KIND, "theta_e": theta_e, "mag_source": mag_s,
               "mag_lens": info["mag_lens"], "z_lens": z_l, "z_source": z_s, "gamma_slope": slope,
@@ -270,7 +272,7 @@ def _nonlens_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
             sep, a = _u(rng, priors.blend_sep), rng.uniform(0, 2 * math.pi)
             c = (centre[0] + sep * math.cos(a), centre[1] + sep * math.sin(a))
             mag_s = _u(rng, priors.mag_source)
-            parts, sinfo = _star_forming(rng, preset, priors, mag_s, c)
+            parts, sinfo = _star_forming(rng, preset, priors, mag_s, c, priors.max_clumps)
             light += parts
             z_s = _u(rng, (max(priors.z_source[0], z_l + priors.dz_min), priors.z_source[1]))
             labels.update({"mag_source": mag_s, "z_source": z_s, "x_source": c[0],
