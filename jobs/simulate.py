@@ -4,16 +4,15 @@
         python jobs/simulate.py --preset euclid-vis --task lens --n 200000 --seed 1 --out /data/vis-lens
 
 Arguments are those of ``lensray simulate``. Inside a Ray job RAY_ADDRESS is set, so
-``ensure_ray()`` joins the existing cluster instead of starting a local one.
+``pipeline._ray.ensure_ray()`` (called by ``simulate``) joins the existing cluster instead of
+starting a local one; the shards are spread over the cluster's workers.
 """
 
 from __future__ import annotations
 
 import sys
 
-from pipeline._ray import ensure_ray
 from pipeline.cli import main
 
 if __name__ == "__main__":
-    ensure_ray()
     sys.exit(main(["simulate", *sys.argv[1:]]))

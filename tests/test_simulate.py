@@ -298,3 +298,20 @@ def test_caustics_backend_runs_as_ray_actors(ray_local, tmp_path):
         np.testing.assert_allclose(h["CATALOG"].data["theta_e"], cat["theta_e"])
         sigma = get_preset("euclid-vis").bands[0].background_noise
         assert np.abs(h["CUTOUTS"].data - cube).max() < 0.2 * np.abs(cube).max() + 5 * sigma
+
+
+def test_challenge_size_and_job_entrypoint():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    preset = get_preset("euclid-vis", 101)
+    scene = sample_scene(np.random.default_rng(0), preset, default_priors("euclid-vis"), "lens", "lens")
+    assert LenstronomyRenderer(preset).render(scene).clean.shape == (1, 101, 101)
+    with pytest.raises(ConfigError, match="size"):
+        get_preset("euclid-vis", 4)
+
+    job = Path(__file__).parents[1] / "jobs" / "simulate.py"
+    res = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "--preset" in res.stdout and "--backend" in res.stdout
