@@ -14,7 +14,8 @@ as FITS cube shards of 1,000 with ``write_cube_shard``, then measures in one run
 It prints cutouts/s for both, their ratio (target >= 0.9) and the peak resident memory (driver
 plus every Ray worker for lensray; the process for the baseline). The models are the shipped
 weights when present, else freshly initialised networks of the same architectures (speed does
-not depend on the weights).
+not depend on the weights); ``--models small`` swaps in light networks, where the cascade's own
+overhead weighs most.
 """
 
 from __future__ import annotations
@@ -58,37 +59,48 @@ def make_field(directory: Path, n: int, size: int = 64, shard: int = 1000, seed:
     return paths
 
 
-def checkpoints(workdir: Path) -> tuple[dict[str, str | None], str]:
-    """Shipped weights if all three exist, else random-initialised default architectures."""
-    from pipeline.models import WEIGHTS_DIR
+SMALL = {  # light networks: the cascade's own overhead dominates, the hardest case for the ratio
+    "denoise": ("unet_denoiser", {"in_channels": 1, "base": 8, "depth": 2}),
+    "lens-detect": ("lastro_cnn", {"in_channels": 1, "num_outputs": 1, "dense": 128}),
+    "substructure": ("lastro_cnn", {"in_channels": 1, "num_outputs": 7, "dense": 128}),
+}
 
-    if all((WEIGHTS_DIR / s / "model.safetensors").is_file() for s in STAGES):
-        return {s: None for s in STAGES}, "shipped weights"
+
+def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]:
+    """``shipped``: the shipped weights (missing ones: the same architectures, freshly
+    initialised); ``small``: light networks, freshly initialised. Speed does not depend on the
+    weights, only on the architectures."""
     import json as _json
 
-    from pipeline.models import create_model, save_checkpoint
+    from pipeline import __version__
+    from pipeline.models import WEIGHTS_DIR, create_model, save_checkpoint
     from pipeline.models.normalize import DEFAULT_NORMALIZATION
     from pipeline.models.tasks import model_kwargs
     from pipeline.train.loop import DEFAULT_MODEL
 
-    out = {}
+    out, made = {}, []
     for s in STAGES:
-        shipped = WEIGHTS_DIR / s / "config.json"
-        if (WEIGHTS_DIR / s / "model.safetensors").is_file():
+        if models == "shipped" and (WEIGHTS_DIR / s / "model.safetensors").is_file():
             out[s] = None
             continue
-        cfg = _json.loads(shipped.read_text()) if shipped.is_file() else {}
-        cfg.update(task=s, model=DEFAULT_MODEL[s], bands=["VIS"], size=64, pixel_scale=0.101,
+        shipped = WEIGHTS_DIR / s / "config.json"
+        cfg = _json.loads(shipped.read_text()) if shipped.is_file() and models == "shipped" else {}
+        cfg.update(task=s, bands=["VIS"], size=64, pixel_scale=0.101, lensray_version=__version__,
                    normalization=dict(DEFAULT_NORMALIZATION))
         if s == "substructure":
             cfg["classes"] = ["no_sub", "cdm", "vortex"]
             cfg["targets"] = {"log10_m_axion": {"mean": -22.5, "std": 0.6, "class": 2},
                               "sigma_sub": {"mean": 0.05, "std": 0.03, "class": 1}}
-        cfg["model_kwargs"] = model_kwargs(s, cfg["model"], cfg)
-        out[s] = str(save_checkpoint(create_model(cfg["model"], **cfg["model_kwargs"]), cfg,
-                                     workdir / "ckpt" / s))
-    return out, "random-initialised default architectures (" + ", ".join(
-        s for s in STAGES if out[s]) + ")"
+        if models == "small":
+            cfg["model"], cfg["model_kwargs"] = SMALL[s]
+        else:
+            cfg.setdefault("model", DEFAULT_MODEL[s])
+            cfg["model_kwargs"] = cfg.get("model_kwargs") or model_kwargs(s, cfg["model"], cfg)
+        model = create_model(cfg["model"], **cfg["model_kwargs"])
+        out[s] = str(save_checkpoint(model, cfg, workdir / f"ckpt-{models}" / s))
+        made.append(f"{s}: {cfg['model']}")
+    label = {"shipped": "shipped weights", "small": "small networks"}[models]
+    return out, label + (f" (freshly initialised {', '.join(made)})" if made else "")
 
 
 class PeakRSS:
@@ -171,7 +183,7 @@ def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_s
                           checkpoints={s: c for s, c in ckpts.items() if c}, gallery=0,
                           progress=False)
     assert summary["adds_up"], summary
-    return summary["this_run"]["rows"]
+    return summary["this_run"]["rows"], summary["this_run"]["candidates"]
 
 
 def main(argv=None) -> int:
@@ -180,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None, help="where shards/outputs go (default: a temp dir)")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--models", choices=["shipped", "small"], default="shipped",
+                    help="shipped networks, or small ones (stresses the cascade's overhead)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated shards")
     args = ap.parse_args(argv)
@@ -191,7 +205,7 @@ def main(argv=None) -> int:
     from pipeline import __version__
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lensray-bench-"))
-    ckpts, weights = checkpoints(workdir)
+    ckpts, weights = checkpoints(workdir, args.models)
     results = []
     for n in args.n:
         field = make_field(workdir / f"field-{n}", n)
@@ -207,11 +221,11 @@ def main(argv=None) -> int:
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         with PeakRSS(children=True) as mem_r:
             t = time.perf_counter()
-            rows_r = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
+            rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
             dt_r = time.perf_counter() - t
         assert rows_b == rows_r == n, (rows_b, rows_r, n)
         results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
-                        "ratio": (rows_r / dt_r) / (rows_b / dt_b),
+                        "ratio": (rows_r / dt_r) / (rows_b / dt_b), "candidates": cands / n,
                         "lensray_peak_rss_gib": mem_r.peak / 2**30,
                         "baseline_peak_rss_gib": mem_b.peak / 2**30,
                         "lensray_s": dt_r, "baseline_s": dt_b})
@@ -221,11 +235,11 @@ def main(argv=None) -> int:
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"{_mem_gib():.0f} GiB, torch threads {os.cpu_count()}, lensray {__version__}")
     print(f"\nCascade throughput ({weights}); {machine}")
-    print("| cutouts | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) | ratio "
-          "| peak RSS lensray (GiB) | peak RSS baseline (GiB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| cutouts | candidates | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) "
+          "| ratio | peak RSS lensray (GiB) | peak RSS baseline (GiB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['n']:,} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
+        print(f"| {r['n']:,} | {r['candidates']:.1%} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
               f"{r['ratio']:.2f} | {r['lensray_peak_rss_gib']:.2f} | {r['baseline_peak_rss_gib']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
