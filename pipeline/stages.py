@@ -114,6 +114,8 @@ class Stage:
         else:
             cols = {}
             if self._template is None:  # learn the output columns from one row, once per actor
+                if n == 0:
+                    return out  # nothing to learn from; an empty block has no rows to lose
                 self._probe(batch)
         for name, (dtype, shape) in self._template.items():
             out[name] = self._place(batch.get(name), cols.get(name), mask, n, dtype, shape)

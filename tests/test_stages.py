@@ -140,3 +140,12 @@ def test_custom_stage_follows_the_same_protocol():
     assert np.isnan(out["flux"][[3, 7]]).all()
     assert np.isfinite(np.delete(out["flux"], [3, 7])).all()
     assert "model_brightness" not in out
+
+
+def test_empty_batch_passes(ckpts):
+    stage = LensDetect(checkpoint=ckpts["lens-detect"])
+    empty = {k: v[:0] for k, v in _batch().items()}
+    assert len(stage(empty)["id"]) == 0
+    stage(_batch())  # learns its columns
+    out = stage(empty)
+    assert out["p_lens"].shape == (0,) and out[CANDIDATE].dtype == bool
