@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _GLOB_CHARS = "*?["
 _BLOCK_BYTES = 32 << 20  # image bytes per output block (small files are grouped up to this)
+_SMALL_BYTES = 4 << 20  # a file with fewer image bytes is grouped with its neighbours
 _TENSORS = (schema.IMAGE, CLEAN)
 
 
@@ -76,9 +77,14 @@ def _grouped(read_fn):
         pending: list[dict[str, np.ndarray]] = []
         size = 0
         for batch in read_fn():
-            if pending and (size >= _BLOCK_BYTES or _kind(batch) != _kind(pending[0])):
+            big = _nbytes(batch[schema.IMAGE]) >= _SMALL_BYTES
+            if pending and (big or size >= _BLOCK_BYTES or _kind(batch) != _kind(pending[0])):
                 yield _fix_types(BlockAccessor.batch_to_block(_concat(pending)))
                 pending, size = [], 0
+            if big:  # a cube shard is a block by itself: no copy into a concatenation
+                for chunk in _chunks(batch):
+                    yield _fix_types(BlockAccessor.batch_to_block(chunk))
+                continue
             for chunk in _chunks(batch):
                 pending.append(chunk)
                 size += _nbytes(chunk[schema.IMAGE])
