@@ -188,16 +188,26 @@ def _run_read(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline._ray import ensure_ray
-    from pipeline.io import read_cutouts
+    from pipeline.io import CutoutReadError, ReadOptions, read_cutouts
+    from pipeline.io.reader import expand_paths
     from pipeline.io.report import format_table, summarize
 
+    try:  # bad paths and options fail here, before Ray starts
+        ReadOptions(bands=args.bands, size=args.size)
+        expand_paths(args.inputs)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray read: {exc}") from None
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = read_cutouts(args.inputs, bands=args.bands, size=args.size, strict=args.strict)
-    rows, counts = summarize(ds, progress=not args.no_progress)
+    try:
+        rows, counts = summarize(ds, progress=not args.no_progress)
+    except CutoutReadError as exc:  # --strict; Ray wraps it in a traceback: keep our message
+        lines = [x for x in str(exc).splitlines() if "CutoutReadError: " in x] or [str(exc)]
+        raise SystemExit(f"lensray read: {lines[-1].split('CutoutReadError: ', 1)[-1]}") from None
     print(format_table(rows, counts, args.limit))
     return 0
 
