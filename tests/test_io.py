@@ -442,3 +442,12 @@ def test_lensray_read_cli_prints_table_and_counts(ray_local, data_dir, capsys):
     out = capsys.readouterr().out
     assert "rows=9  good=8  errors=1" in out and "6 more rows" in out
     assert out.splitlines()[0].split()[:4] == ["id", "ra", "dec", "shape"]
+
+
+def test_lensray_read_cli_rejects_bad_input_before_starting_ray(tmp_path):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit, match="nothing.fits: no such file"):
+        main(["read", str(tmp_path / "nothing.fits")])
+    with pytest.raises(SystemExit, match="size must be a positive integer"):
+        main(["read", str(tmp_path), "--size", "0"])
