@@ -11,8 +11,8 @@ as FITS cube shards of 1,000 with ``write_cube_shard``, then measures in one run
   astropy read (``read_fits_file``, the reader's own decode) -> the same three models with
   ``predict`` -> the same candidate cut -> one Parquet file per shard.
 
-It prints cutouts/s for both, their ratio (target >= 0.9) and the peak resident memory (driver
-plus every Ray worker for lensray; the process for the baseline). The models are the shipped
+It prints cutouts/s for both, their ratio (target >= 0.9) and the peak memory (driver
+plus every Ray worker for lensray, PSS and RSS; the process for the baseline). The models are the shipped
 weights when present, else freshly initialised networks of the same architectures (speed does
 not depend on the weights); ``--models small`` swaps in light networks, where the cascade's own
 overhead weighs most.
@@ -103,34 +103,38 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
     return out, label + (f" (freshly initialised {', '.join(made)})" if made else "")
 
 
-class PeakRSS:
-    """Peak summed RSS of this process and (optionally) all its descendants (Ray workers)."""
+class PeakMemory:
+    """Peak summed memory of this process and (optionally) all its descendants (Ray workers):
+    RSS (counts shared pages, e.g. the object store, once per process that maps them) and PSS
+    (shares them out, so the sum is what the machine really holds)."""
 
     def __init__(self, children: bool):
         import psutil
 
-        self.proc, self.children, self.peak = psutil.Process(), children, 0
+        self.proc, self.children = psutil.Process(), children
+        self.rss = self.pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> None:
         import psutil
 
         procs = [self.proc] + (self.proc.children(recursive=True) if self.children else [])
-        total = 0
+        rss = pss = 0
         for p in procs:
             try:
-                total += p.memory_info().rss
+                info = p.memory_full_info()
+                rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
             except psutil.Error:
                 pass
-        return total
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
     def _loop(self):
-        while not self._stop.wait(0.25):
-            self.peak = max(self.peak, self._sample())
+        while not self._stop.wait(0.5):
+            self._sample()
 
     def __enter__(self):
-        self.peak = self._sample()
+        self._sample()
         self._thread.start()
         return self
 
@@ -211,7 +215,7 @@ def main(argv=None) -> int:
         field = make_field(workdir / f"field-{n}", n)
         for d in ("out-base", "out-ray"):
             shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
-        with PeakRSS(children=False) as mem_b:
+        with PeakMemory(children=False) as mem_b:
             t = time.perf_counter()
             rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold, args.batch_size)
             dt_b = time.perf_counter() - t
@@ -219,15 +223,16 @@ def main(argv=None) -> int:
             ray.init(address="local", include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-        with PeakRSS(children=True) as mem_r:
+        with PeakMemory(children=True) as mem_r:
             t = time.perf_counter()
             rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
             dt_r = time.perf_counter() - t
         assert rows_b == rows_r == n, (rows_b, rows_r, n)
         results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
                         "ratio": (rows_r / dt_r) / (rows_b / dt_b), "candidates": cands / n,
-                        "lensray_peak_rss_gib": mem_r.peak / 2**30,
-                        "baseline_peak_rss_gib": mem_b.peak / 2**30,
+                        "lensray_peak_rss_gib": mem_r.rss / 2**30,
+                        "lensray_peak_pss_gib": mem_r.pss / 2**30,
+                        "baseline_peak_rss_gib": mem_b.rss / 2**30,
                         "lensray_s": dt_r, "baseline_s": dt_b})
         if not args.keep:
             shutil.rmtree(field, ignore_errors=True)
@@ -236,11 +241,12 @@ def main(argv=None) -> int:
                f"{_mem_gib():.0f} GiB, torch threads {os.cpu_count()}, lensray {__version__}")
     print(f"\nCascade throughput ({weights}); {machine}")
     print("| cutouts | candidates | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) "
-          "| ratio | peak RSS lensray (GiB) | peak RSS baseline (GiB) |")
+          "| ratio | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['n']:,} | {r['candidates']:.1%} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
-              f"{r['ratio']:.2f} | {r['lensray_peak_rss_gib']:.2f} | {r['baseline_peak_rss_gib']:.2f} |")
+              f"{r['ratio']:.2f} | {r['lensray_peak_pss_gib']:.2f} / {r['lensray_peak_rss_gib']:.2f} | "
+              f"{r['baseline_peak_rss_gib']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
                                                "results": results}, indent=2))
