@@ -234,6 +234,7 @@ def main(argv=None) -> int:
                         "lensray_peak_pss_gib": mem_r.pss / 2**30,
                         "baseline_peak_rss_gib": mem_b.rss / 2**30,
                         "lensray_s": dt_r, "baseline_s": dt_b})
+        print(json.dumps(results[-1]), flush=True)  # partial results of a long run
         if not args.keep:
             shutil.rmtree(field, ignore_errors=True)
 
