@@ -50,6 +50,7 @@ def test_cube_shard_validates_inputs_before_writing(tmp_path):
         (dict(table={"is_lens": table["is_lens"]}), "no 'id' column"),
         (dict(table={**table, "id": ["a", "a", "b", "c"]}), "not unique"),
         (dict(table={**table, "extra": [1, 2]}), "has 2 rows for 4 images"),
+        (dict(table={**table, "name": ["é", "a", "b", "c"]}), "non-ASCII text"),
     ]
     for change, message in bad:
         kwargs = {"images": images, "table": table, "bands": ["VIS", "NIR_H"], **change}

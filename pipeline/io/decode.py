@@ -497,8 +497,11 @@ def _shard_table(hdus, names, sidecar) -> dict[str, np.ndarray] | None:
 
 
 def _native(col: np.ndarray) -> np.ndarray:
-    if col.dtype.kind in "US":
-        return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in col], dtype=object)
+    """A table column as native-endian numbers or an object array of str."""
+    if col.dtype.kind == "S":
+        return np.char.decode(col, "utf-8").astype(object)
+    if col.dtype.kind == "U":
+        return col.astype(object)
     if col.dtype.byteorder not in ("=", "|"):
         return col.astype(col.dtype.newbyteorder("="))
     return col

@@ -136,6 +136,12 @@ def write_cube_shard(
         if len(values) != n:
             raise ValueError(f"{path}: table column {name!r} has {len(values)} rows for {n} images")
     cols = {name: _fits_column(name, values) for name, values in cols.items()}
+    for name, values in cols.items():
+        if catalog == "hdu" and values.dtype.kind == "U" and not all(v.isascii() for v in values):
+            raise ValueError(
+                f"{path}: table column {name!r} has non-ASCII text, which FITS tables cannot "
+                "store; pass catalog='parquet'"
+            )
     ids = cols[schema.ID]
     if len(set(ids.tolist())) != n:
         raise ValueError(f"{path}: ids in the table are not unique")
