@@ -57,12 +57,7 @@ def save_gallery(out_dir: str | os.PathLike, png: str | os.PathLike, per_class: 
                     txt += f"\nθE={lab['theta_e']:.2f}\" S/N={lab['snr_arcs']:.0f}"
                 ax.set_title(txt, fontsize=7)
     fig.suptitle(f"{m['preset']} / {m['task']} (seed {m['seed']}, {m['size']} px)", fontsize=9)
-    fig.tight_layout()
-    png = pathlib.Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def save_residual_gallery(png: str | os.PathLike, preset_name: str = "euclid-vis", per_class: int = 3,
@@ -105,6 +100,12 @@ def save_residual_gallery(png: str | os.PathLike, preset_name: str = "euclid-vis
             else:
                 ax.imshow(img, origin="lower", cmap="gray", interpolation="nearest")
             ax.set_title(title, fontsize=7)
+    return _save(fig, png)
+
+
+def _save(fig, png: str | os.PathLike) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png = pathlib.Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
