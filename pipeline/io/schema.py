@@ -27,4 +27,6 @@ def good_mask(batch: dict) -> np.ndarray:
     n = len(batch[ID])
     if err is None:
         return np.ones(n, dtype=bool)
-    return np.array([e is None or e == "" for e in err], dtype=bool)
+    # Ray Data turns an all-null string column into float NaN: NaN means "no error" too.
+    return np.array([e is None or e == "" or (isinstance(e, float) and np.isnan(e)) for e in err],
+                    dtype=bool)
