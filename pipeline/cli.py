@@ -25,6 +25,8 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions")
     p.add_argument("--clean", action="store_true", help="also store noiseless images (CLEAN)")
     p.add_argument("--backend", default="lenstronomy", choices=["lenstronomy", "caustics"])
+    p.add_argument("--matched", action="store_true",
+                   help="substructure: render every lens once per class (learnable sets)")
     p.add_argument("--prior", action="append", default=[], metavar="NAME=LO,HI",
                    help="override a prior, e.g. theta_e=0.8,2.5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -39,7 +41,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
         args.preset, args.task, args.n, args.seed, args.out, size=args.size,
         priors=parse_prior_overrides(args.prior) or None, shard_size=args.shard_size,
         split_fractions=[float(x) for x in args.splits.split(",")], clean=args.clean,
-        backend=args.backend, overwrite=args.overwrite, progress=not args.no_progress,
+        backend=args.backend, matched=args.matched, overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
     counts = ", ".join(f"{k}={v['n']}" for k, v in manifest["splits"].items())
     print(f"wrote {manifest['n']} images ({counts}) to {args.out}; classes {manifest['counts']}")

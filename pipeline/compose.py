@@ -4,7 +4,15 @@
 
 Each stage becomes ``ds.map_batches(type(stage), fn_constructor_kwargs=stage.options,
 batch_size=..., compute=ActorPoolStrategy(...), num_cpus=..., num_gpus=...)``: the model loads
-once per actor and batches stream through the pools. Ray Data restarts an actor that dies and
+once per actor and batches stream through the pools.
+
+On a cluster without GPUs, consecutive stages that leave their resources open are *fused*: one
+:class:`Chain` actor holds all their models and passes each batch from one to the next in
+memory. Separate pools only pay off when stages need different hardware (a GPU share each);
+on CPUs they cost an object-store hop and an Arrow conversion per stage and split the cores
+into pools that wait on each other. ``Pipeline(..., fuse=False)`` keeps one pool per stage.
+
+Ray Data restarts an actor that dies and
 retries its batches (its actor pools default to ``max_restarts=-1, max_task_retries=-1``), so a
 lost actor costs time, not rows.
 """
@@ -67,8 +75,9 @@ class Pipeline:
             any subset in a sensible order (checked by :func:`check_order`), custom stages too.
     """
 
-    def __init__(self, stages: Sequence[Stage]):
+    def __init__(self, stages: Sequence[Stage], *, fuse: bool | None = None):
         self.stages = list(stages)
+        self.fuse = fuse
         check_order(self.stages)
 
     def __repr__(self) -> str:
@@ -79,9 +88,24 @@ class Pipeline:
         import ray
 
         resources = ray.cluster_resources()
-        for stage in self.stages:
-            ds = ds.map_batches(type(stage), **self.map_args(stage, resources))
+        for group in self.groups(resources):
+            if len(group) == 1:
+                ds = ds.map_batches(type(group[0]), **self.map_args(group[0], resources))
+            else:
+                ds = ds.map_batches(Chain, **self.map_args(Chain(group), resources))
         return ds
+
+    def groups(self, cluster: dict[str, float]) -> list[list[Stage]]:
+        """The stages in runs that share one actor pool: consecutive stages with open resources
+        are fused when ``fuse`` is True, or (``fuse=None``) when the cluster has no GPU."""
+        fuse = self.fuse if self.fuse is not None else not cluster.get("GPU", 0)
+        out: list[list[Stage]] = []
+        for stage in self.stages:
+            if fuse and out and _open(stage) and _open(out[-1][-1]):
+                out[-1].append(stage)
+            else:
+                out.append([stage])
+        return out
 
     def map_args(self, stage: Stage, cluster: dict[str, float]) -> dict[str, Any]:
         """Keyword arguments of ``map_batches`` for ``stage`` on a cluster with ``cluster``
@@ -97,7 +121,7 @@ class Pipeline:
 
         cpus = max(1.0, float(cluster.get("CPU", 1)))
         gpus = float(cluster.get("GPU", 0))
-        n_stages = len(self.stages)
+        n_stages = len(self.groups(cluster))
         n_model = sum(s.uses_model for s in self.stages) or 1
         use_gpu = gpus > 0 and stage.uses_model and stage.num_gpus != 0
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
@@ -124,3 +148,32 @@ class Pipeline:
         if num_gpus:
             args["num_gpus"] = num_gpus
         return args
+
+
+def _open(stage: Stage) -> bool:
+    """A stage that leaves its resources to the Pipeline (so it may share an actor)."""
+    return stage.actors is None and stage.num_cpus is None and stage.num_gpus is None
+
+
+class Chain(Stage):
+    """Several stages in one actor: each batch goes through them in order, in memory.
+
+    Built by :meth:`Pipeline.run` from stage specs; inside the actor Ray rebuilds it from
+    ``stages`` (a list of (class, options)) and each stage loads its model on the first batch.
+    """
+
+    def __init__(self, stages: Sequence[Stage] | Sequence[tuple[type, dict]]):
+        specs = [(type(s), dict(s.options)) if isinstance(s, Stage) else tuple(s) for s in stages]
+        sizes = [s.batch_size for s in stages if isinstance(s, Stage)]
+        super().__init__(batch_size=max(sizes, default=256))  # only the driver's copy uses it
+        self.members = [cls(**opts) for cls, opts in specs]
+        self.uses_model = any(m.uses_model for m in self.members)
+        self.options = {"stages": specs}
+
+    def __call__(self, batch: dict) -> dict:
+        for member in self.members:
+            batch = member(batch)
+        return batch
+
+    def __repr__(self) -> str:
+        return f"Chain({self.members!r})"

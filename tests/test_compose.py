@@ -90,6 +90,17 @@ def test_map_args_gpu_cluster_shares_gpus(ckpts):
     assert sub["num_gpus"] == 1 and sub["compute"].min_size == sub["compute"].max_size == 2
 
 
+def test_cpu_clusters_fuse_open_stages_into_one_actor_gpu_clusters_do_not(ckpts):
+    den, det = Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"])
+    sub = Substructure(checkpoint=ckpts["substructure"], batch_size=64)
+    pinned = Flux(actors=2)  # explicit resources: keeps its own pool
+    pipe = Pipeline([den, det, pinned, sub])
+    assert [len(g) for g in pipe.groups({"CPU": 2.0})] == [2, 1, 1]
+    assert [len(g) for g in pipe.groups({"CPU": 8.0, "GPU": 2.0})] == [1, 1, 1, 1]
+    assert [len(g) for g in Pipeline([den, det, sub], fuse=False).groups({"CPU": 2.0})] == [1, 1, 1]
+    assert [len(g) for g in Pipeline([den, det, sub], fuse=True).groups({"GPU": 1.0})] == [3]
+
+
 def _dataset(ray, n=40, bad=(5, 17)):
     images = make_images(n, seed=7)
     rows = [
@@ -100,9 +111,10 @@ def _dataset(ray, n=40, bad=(5, 17)):
     return ray.data.from_items(rows, override_num_blocks=4)
 
 
-def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts, fuse):
     ds = _dataset(ray_local)
-    pipe = Pipeline([
+    pipe = Pipeline(fuse=fuse, stages=[
         Denoise(checkpoint=ckpts["denoise"], batch_size=8),
         LensDetect(threshold=0.5, checkpoint=ckpts["lens-detect"], batch_size=16),
         Flux(batch_size=16),

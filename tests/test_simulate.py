@@ -175,6 +175,27 @@ def test_plan_shards_splits_by_shard(tmp_path):
     assert sorted(x.split for x in tiny) == ["test", "train", "val"]
 
 
+def test_matched_groups_share_the_lens_and_differ_in_substructure_and_noise():
+    from pipeline.simulate.generate import shard_scenes
+
+    cfg = make_config("euclid-vis", "substructure", 8, 3, matched=True)
+    scenes, rngs = shard_scenes(cfg, ShardSpec("train", 0, 8, "unused.fits"))
+    kinds = [s.labels["substructure_class"] for s in scenes]
+    assert sorted(kinds[:3]) == sorted(kinds[3:6]) == ["cdm", "no_sub", "vortex"]
+    assert len(kinds) == 8 and len(set(kinds[6:])) == 2  # a partial last group
+    for group in (scenes[:3], scenes[3:6]):
+        macro = [s.lens[:2] for s in group]
+        assert macro[0] == macro[1] == macro[2]  # same deflector and shear
+        assert all(s.source[0].kwargs == group[0].source[0].kwargs for s in group)
+        by = {s.labels["substructure_class"]: s for s in group}
+        assert by["no_sub"].point_masses is None and by["cdm"].point_masses is not None
+    assert scenes[0].lens[0] != scenes[3].lens[0]  # groups draw different lenses
+    noise = [r.normal(size=4) for r in rngs[:3]]
+    assert not np.allclose(noise[0], noise[1]) and not np.allclose(noise[1], noise[2])
+    with pytest.raises(ConfigError, match="matched sets are for the substructure task"):
+        make_config("euclid-vis", "lens", 8, 3, matched=True)
+
+
 # ----------------------------------------------------------------------------- determinism
 def _digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()

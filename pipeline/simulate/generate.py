@@ -11,6 +11,13 @@ Every shard is one Ray task (or one call on a caustics actor) seeded from
 ``SeedSequence(seed, spawn_key=(split, shard))``, so the train, val and test sets come from
 disjoint random streams, and the same seed gives byte-identical files on any cluster.
 Inside a shard, image ``i`` draws its scene and noise from ``spawn_key=(split, shard, i)``.
+
+**Matched** substructure sets (``matched=True``) draw one lens (deflector, source, redshifts)
+per group of three consecutive rows and render it once per class (no_sub, cdm, vortex), each with
+its own noise (``spawn_key=(split, shard, group, class)``). Every class then has the same
+distribution of lenses, as in an unmatched set, but within the set a lens's appearance carries no
+information about its class, so a network cannot reduce its loss by memorising lenses: it has to
+find the substructure. This is what makes the substructure task learnable from ~10^4 images.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class SimConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     clean: bool = False
     backend: str = "lenstronomy"
+    matched: bool = False
 
     def class_column(self) -> str:
         return "kind" if self.task == "lens" else "substructure_class"
@@ -71,7 +79,7 @@ class ShardSpec:
 def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None = None,
                 priors: Priors | dict | None = None, shard_size: int = 1000,
                 split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
-                backend: str = "lenstronomy") -> SimConfig:
+                backend: str = "lenstronomy", matched: bool = False) -> SimConfig:
     """Check a request and return it as a SimConfig; raise ConfigError before any work."""
     p = get_preset(preset, size)
     if task not in TASKS:
@@ -92,7 +100,14 @@ def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None =
     elif isinstance(priors, dict):
         priors = default_priors(preset).replace(**priors)
     priors.validate(p)
-    return SimConfig(p, task, int(n), int(seed), priors, int(shard_size), fr, bool(clean), backend)
+    if matched:
+        fractions = set(priors.class_fractions(task).values())
+        if task != "substructure" or len(fractions) != 1:
+            raise ConfigError("matched sets are for the substructure task with equal class "
+                              f"fractions (got task {task!r}, fractions "
+                              f"{priors.class_fractions(task)})")
+    return SimConfig(p, task, int(n), int(seed), priors, int(shard_size), fr, bool(clean), backend,
+                     bool(matched))
 
 
 def plan_shards(cfg: SimConfig, out: str | os.PathLike) -> list[ShardSpec]:
@@ -133,12 +148,31 @@ def _label_table(cfg: SimConfig, ids: list[str], labels: list[dict]) -> dict[str
 
 def shard_scenes(cfg: SimConfig, spec: ShardSpec):
     """The scenes of one shard and the per-image RNGs (continued for the noise)."""
+    if cfg.matched:
+        return _matched_scenes(cfg, spec)
     root = np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key)
     kinds = allocate(spec.n, cfg.priors.class_fractions(cfg.task), np.random.default_rng(root))
     rngs = [np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(*spec.spawn_key, i)))
             for i in range(spec.n)]
     scenes = [sample_scene(rng, cfg.preset, cfg.priors, cfg.task, k)
               for rng, k in zip(rngs, kinds, strict=True)]
+    return scenes, rngs
+
+
+def _matched_scenes(cfg: SimConfig, spec: ShardSpec):
+    """Groups of consecutive rows holding one lens in every class (in random order; a shard's
+    last group may be partial). A scene draws its lens first, so rows of a group that start from
+    the same stream share the lens; each row's noise comes from a stream of its own."""
+    classes = list(cfg.priors.class_fractions(cfg.task))
+    order = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key))
+    scenes, rngs = [], []
+    for g in range(math.ceil(spec.n / len(classes))):
+        for kind in order.permutation(classes)[: spec.n - len(scenes)]:
+            key = (*spec.spawn_key, g)
+            scenes.append(sample_scene(np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key)),
+                                       cfg.preset, cfg.priors, cfg.task, str(kind)))
+            rngs.append(np.random.default_rng(
+                np.random.SeedSequence(cfg.seed, spawn_key=(*key, 1 + classes.index(kind)))))
     return scenes, rngs
 
 
@@ -231,7 +265,7 @@ def build_manifest(cfg: SimConfig, entries: list[dict], out: pathlib.Path) -> di
         "size": cfg.preset.size, "bands": cfg.preset.band_names, "pixel_unit": "e-/s",
         "backend": cfg.backend, "shard_size": cfg.shard_size,
         "split_fractions": list(cfg.split_fractions), "clean": cfg.clean,
-        "class_column": cfg.class_column(), "counts": dict(sorted(total.items())),
+        "matched": cfg.matched, "class_column": cfg.class_column(), "counts": dict(sorted(total.items())),
         "label_columns": list(TASK_LABELS[cfg.task]),
         "splits": splits,
         "priors": cfg.priors.to_dict(),
@@ -243,7 +277,7 @@ def build_manifest(cfg: SimConfig, entries: list[dict], out: pathlib.Path) -> di
 def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, *,
              size: int | None = None, priors: Priors | dict | None = None,
              shard_size: int = 1000, split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
-             backend: str = "lenstronomy", overwrite: bool = False,
+             backend: str = "lenstronomy", matched: bool = False, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Simulate ``n`` labelled cutouts into cube shards under ``out``, one Ray task per shard.
 
@@ -258,6 +292,7 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
         clean: also store the noiseless images (CLEAN HDU) for denoiser training.
         backend: ``lenstronomy`` (Ray CPU tasks) or ``caustics`` (PyTorch Ray actors; GPU when
             the cluster has one).
+        matched: substructure task only: every lens rendered once per class (see module doc).
         overwrite: replace an existing output directory's manifest and shards.
         progress: tqdm bar over finished shards.
 
@@ -265,7 +300,8 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
         The manifest (also written to ``out/manifest.json``).
     """
     cfg = make_config(preset, task, n, seed, size=size, priors=priors, shard_size=shard_size,
-                      split_fractions=split_fractions, clean=clean, backend=backend)
+                      split_fractions=split_fractions, clean=clean, backend=backend,
+                      matched=matched)
     out = pathlib.Path(out)
     if (out / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{out / MANIFEST}: exists (pass overwrite=True to replace it)")
