@@ -189,11 +189,12 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_
     return rows
 
 
-def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int) -> int:
+def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int,
+            fuse: bool | None = None) -> int:
     from pipeline.run import run_cascade
 
     summary = run_cascade([str(p) for p in paths], out, bands=["VIS"], size=64,
-                          threshold=threshold, batch_size=batch_size,
+                          threshold=threshold, batch_size=batch_size, fuse=fuse,
                           checkpoints={s: c for s, c in ckpts.items() if c}, gallery=0,
                           progress=False)
     assert summary["adds_up"], summary
@@ -208,6 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--models", choices=["shipped", "small"], default="shipped",
                     help="shipped networks, or small ones (stresses the cascade's overhead)")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time the cascade with one actor pool per stage (fuse=False)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated shards")
     args = ap.parse_args(argv)
@@ -223,7 +226,7 @@ def main(argv=None) -> int:
     results = []
     for n in args.n:
         field = make_field(workdir / f"field-{n}", n)
-        for d in ("out-base", "out-ray"):
+        for d in ("out-base", "out-ray", "out-unfused"):
             shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
         with PeakMemory(children=False) as mem_b:
             t = time.perf_counter()
@@ -238,7 +241,14 @@ def main(argv=None) -> int:
             rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
             dt_r = time.perf_counter() - t
         assert rows_b == rows_r == n, (rows_b, rows_r, n)
+        unfused = None
+        if args.unfused:
+            t = time.perf_counter()
+            rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
+                                args.batch_size, fuse=False)
+            unfused = rows_u / (time.perf_counter() - t)
         results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
+                        "unfused_per_s": unfused,
                         "ratio": (rows_r / dt_r) / (rows_b / dt_b), "candidates": cands / n,
                         "lensray_peak_rss_gib": mem_r.rss / 2**30,
                         "lensray_peak_pss_gib": mem_r.pss / 2**30,
@@ -252,12 +262,15 @@ def main(argv=None) -> int:
                f"{_mem_gib():.0f} GiB, torch threads {os.cpu_count()}, lensray {__version__}")
     print(f"\nCascade throughput ({weights}); {machine}")
     print("| cutouts | candidates | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) "
-          "| ratio | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "| ratio | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) "
+          "| lensray, a pool per stage (cutouts/s, ratio) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        u = r["unfused_per_s"]
+        unf = f"{u:.0f}, {u / r['baseline_per_s']:.2f}" if u else "-"
         print(f"| {r['n']:,} | {r['candidates']:.1%} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
               f"{r['ratio']:.2f} | {r['lensray_peak_pss_gib']:.2f} / {r['lensray_peak_rss_gib']:.2f} | "
-              f"{r['baseline_peak_rss_gib']:.2f} |")
+              f"{r['baseline_peak_rss_gib']:.2f} | {unf} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
                                                "results": results}, indent=2))

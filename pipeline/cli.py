@@ -236,6 +236,8 @@ def _add_run(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
                        help=f"{stage} checkpoint dir (default: shipped weights)")
     p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
+    p.add_argument("--buffer-gib", type=float, default=None,
+                   help="object-store memory the job may hold (default 0.25 GiB per CPU, >= 1)")
     p.add_argument("--demo-n", type=int, default=300, help="--demo: cutouts to simulate")
     p.add_argument("--seed", type=int, default=0, help="--demo: simulation seed")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
@@ -259,6 +261,7 @@ def _run_run(args: argparse.Namespace) -> int:
                      for s in ("denoise", "lens-detect", "substructure")
                      if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
         strict=args.strict, gallery=args.gallery, progress=not args.no_progress,
+        buffer_gib=args.buffer_gib,
     )
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead

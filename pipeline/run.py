@@ -83,6 +83,8 @@ def run_cascade(
     strict: bool = False,
     gallery: int = 16,
     progress: bool = True,
+    buffer_gib: float | None = None,
+    fuse: bool | None = None,
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
@@ -114,7 +116,7 @@ def run_cascade(
     else:
         stage_objs = build_stages(stages, threshold=threshold, top_fraction=top_fraction,
                                   batch_size=batch_size, checkpoints=checkpoints)
-    pipeline = Pipeline(stage_objs)
+    pipeline = Pipeline(stage_objs, fuse=fuse)
     files, _ = expand_paths(inputs)
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
@@ -128,7 +130,7 @@ def run_cascade(
     t_cascade = time.perf_counter()
     if pending:
         _stream(pipeline, pending, writer, bands=bands, size=size, strict=strict,
-                progress=progress)
+                progress=progress, buffer_gib=buffer_gib)
     t_written = time.perf_counter()
 
     markers = [_read_marker(out, keys[f]) for f in files]
@@ -163,19 +165,24 @@ def run_cascade(
     return summary
 
 
-def _stream(pipeline, files, writer, *, bands, size, strict, progress) -> None:
+def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gib) -> None:
     """Read ``files``, run the stages and hand every output block to ``writer``, in order."""
-    import ray.data
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
     from pipeline.io import read_cutouts
 
-    ensure_ray()
+    ray = ensure_ray()
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    options = ctx.execution_options
+    saved = options.preserve_order, options.resource_limits, ctx.enable_progress_bars
     # Order keeps each file's rows together, which is what lets us commit files one by one.
-    ctx.execution_options.preserve_order = True
+    options.preserve_order = True
+    if buffer_gib is None:
+        buffer_gib = max(1.0, 0.25 * ray.cluster_resources().get("CPU", 1))
+    if buffer_gib <= 0:
+        raise ValueError(f"buffer_gib must be > 0, got {buffer_gib}")
+    options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
         ds = read_cutouts(files, bands=bands, size=size, strict=strict)
@@ -192,7 +199,7 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress) -> None:
         bar.update(len(writer.done) - before)
         bar.close()
     finally:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        options.preserve_order, options.resource_limits, ctx.enable_progress_bars = saved
 
 
 class _ShardWriter:

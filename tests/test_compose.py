@@ -66,17 +66,29 @@ def test_order_rules(ckpts):
 def test_map_args_cpu_cluster_uses_actor_pools_and_fractional_cpus(ckpts):
     import ray.data
 
-    pipe = Pipeline([Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"]),
-                     Substructure(checkpoint=ckpts["substructure"])])
-    for stage in pipe.stages:
-        args = pipe.map_args(stage, {"CPU": 2.0})
-        assert isinstance(args["compute"], ray.data.ActorPoolStrategy)
-        assert "concurrency" not in args and "num_gpus" not in args
-        assert 0 < args["num_cpus"] < 1  # whole CPUs on 2 cores starve the reads
-        assert args["fn_constructor_kwargs"] == stage.options
-        assert args["batch_size"] == stage.batch_size
-    total = sum(pipe.map_args(s, {"CPU": 2.0})["num_cpus"] for s in pipe.stages)
-    assert total <= 1.0  # leaves at least one CPU for read tasks when every pool has one actor
+    from pipeline.compose import Chain
+
+    stages = [Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"]),
+              Substructure(checkpoint=ckpts["substructure"], batch_size=512)]
+    for fuse in (False, True):
+        pipe = Pipeline(stages, fuse=fuse)
+        groups = pipe.groups({"CPU": 2.0})
+        specs = [g[0] if len(g) == 1 else Chain(g) for g in groups]
+        total = 0.0
+        for spec in specs:
+            args = pipe.map_args(spec, {"CPU": 2.0})
+            assert isinstance(args["compute"], ray.data.ActorPoolStrategy)
+            assert "concurrency" not in args and "num_gpus" not in args
+            assert 0 < args["num_cpus"] < 1  # whole CPUs on 2 cores starve the reads
+            assert args["fn_constructor_kwargs"] == spec.options
+            assert args["batch_size"] == spec.batch_size
+            total += args["num_cpus"]
+        assert total <= 1.0  # leaves at least one CPU for read tasks when every pool has one actor
+    chain = Chain(stages)  # what a fused actor rebuilds: the same stages with the same options
+    assert chain.batch_size == 512 and chain.uses_model
+    rebuilt = Chain(**ray.cloudpickle.loads(ray.cloudpickle.dumps(chain.options)))
+    assert [type(m) for m in rebuilt.members] == [Denoise, LensDetect, Substructure]
+    assert [m.options for m in rebuilt.members] == [s.options for s in stages]
 
 
 def test_map_args_gpu_cluster_shares_gpus(ckpts):
