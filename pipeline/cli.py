@@ -68,6 +68,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this long")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
                    help="network argument, e.g. widths=[16,32,64] (repeatable)")
+    p.add_argument("--augment", default=None, metavar="JSON",
+                   help='augmentation overrides, e.g. \'{"max_scale": 0}\' (D4 flips/rotations '
+                        'always; max_shift px, max_scale, p_scale)')
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")
@@ -88,7 +91,13 @@ def _recipe(args: argparse.Namespace) -> dict:
             overrides[key] = json.loads(val)
         except json.JSONDecodeError:
             overrides[key] = val
-    return {"model_overrides": overrides, "cpus_per_worker": args.cpus_per_worker,
+    extra = {}
+    if args.augment:
+        try:
+            extra["augment"] = json.loads(args.augment)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--augment {args.augment!r}: not JSON ({e})") from e
+    return {"model_overrides": overrides, "cpus_per_worker": args.cpus_per_worker, **extra,
             "storage_path": args.storage_path,
             **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
 

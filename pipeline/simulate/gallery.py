@@ -29,19 +29,18 @@ def save_gallery(out_dir: str | os.PathLike, png: str | os.PathLike, per_class: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from astropy.io import fits
+
+    from pipeline.io import read_fits_file
 
     m = read_manifest(out_dir)
     col = m["class_column"]
     examples: dict[str, list] = {}
     for path in shard_paths(out_dir, split):
-        with fits.open(path) as hdul:
-            cat = hdul["CATALOG"].data
-            cube = hdul["CUTOUTS"].data
-            for i, cls in enumerate(cat[col]):
-                ex = examples.setdefault(str(cls), [])
-                if len(ex) < per_class:
-                    ex.append((cube[i].copy(), {n: cat[n][i] for n in cat.names}))
+        rows = read_fits_file(path)
+        for i, cls in enumerate(rows[col]):
+            ex = examples.setdefault(str(cls), [])
+            if len(ex) < per_class:
+                ex.append((rows["image"][i], {n: v[i] for n, v in rows.items()}))
     classes = sorted(examples)
     fig, axes = plt.subplots(len(classes), per_class, figsize=(2 * per_class, 2 * len(classes)),
                              squeeze=False)
