@@ -144,3 +144,30 @@ def test_fit_cutouts_resamples_to_model_pixel_scale():
     assert np.unravel_index(np.argmax(y[0, 0]), (32, 32)) in {(16, 16), (15, 15), (15, 16), (16, 15)}
     small = fit_cutouts(np.ones((1, 1, 10, 10), np.float32), 0.2, cfg)  # padded with NaN (sky)
     assert np.isnan(small).sum() == 32 * 32 - 100
+
+
+def test_substructure_loss_is_cross_entropy_plus_weighted_masked_gaussian_nll():
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.models.tasks import get_task
+
+    task = get_task("substructure")
+    cfg = {"targets": {"log10_m_axion": {"class": 2, "mean": -23.0, "std": 0.5},
+                       "sigma_sub": {"class": 1, "mean": 0.1, "std": 0.05}}}
+    out = torch.randn(6, task.num_outputs(cfg))
+    batch = {"substructure": torch.tensor([0, 1, 2, 2, 1, 0]),
+             "log10_m_axion": torch.tensor([float("nan"), float("nan"), -23.5, -22.2, float("nan"), float("nan")]),
+             "sigma_sub": torch.tensor([0.0, 0.12, 0.0, 0.0, 0.07, 0.0])}
+    ce = F.cross_entropy(out[:, :3], batch["substructure"])
+    assert torch.isclose(task.loss(out, batch, {**cfg, "regression_weight": 0.0}), ce)
+    # by hand: NLL of the axion mass on the two vortex rows, of sigma_sub on the two cdm rows
+    nll = 0.0
+    for j, (name, rows) in enumerate((("log10_m_axion", [2, 3]), ("sigma_sub", [1, 4]))):
+        t = cfg["targets"][name]
+        y = (batch[name][rows] - t["mean"]) / t["std"]
+        mu, ls = out[rows, 3 + j], out[rows, 5 + j].clamp(-7, 3)
+        nll += (0.5 * ((y - mu) * torch.exp(-ls)) ** 2 + ls).mean()
+    for w in (1.0, 0.1):
+        assert torch.isclose(task.loss(out, batch, {**cfg, "regression_weight": w}), ce + w * nll)
+    assert task.regression_weight == 0.1  # the training default
