@@ -54,13 +54,14 @@ def test_shipped_substructure_and_denoiser_on_fresh_sims(ray_local, tmp_path_fac
     probs = np.stack([p[f"p_{c}"] for c in cfg["classes"]], 1)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     auc = multiclass_auc(data["substructure"], probs, cfg["classes"])["auc_macro"]
-    # behaves on fresh simulations as its model card says it does on the TEST split
-    assert abs(auc - cfg["metrics"]["auc_macro"]) < 0.15
+    # behaves on fresh (independent, not matched) simulations as its model card says it does on
+    # the TEST split, and far from chance
+    assert abs(auc - cfg["metrics"]["auc_macro"]) < 0.15 and auc > 0.8
     # regression heads come back in physical units with calibrated-ish intervals
     vortex = data["substructure"] == 2
     reg = regression_metrics(data["log10_m_axion"][vortex], p["log10_m_axion"][vortex],
                              p["log10_m_axion_sigma"][vortex])
-    assert reg["mae"] < 1.5 * reg["mae_floor"] and 0.4 < reg["coverage68"] < 0.95
+    assert reg["mae"] < reg["mae_floor"] and 0.4 < reg["coverage68"] < 0.95
     assert -24 < np.median(p["log10_m_axion"]) < -22  # inside the prior, not standardised
 
     dn, dn_cfg = load_pretrained("denoise")
