@@ -71,6 +71,10 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", default=None, metavar="JSON",
                    help='augmentation overrides, e.g. \'{"max_scale": 0}\' (D4 flips/rotations '
                         'always; max_shift px, max_scale, p_scale)')
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning; same network)")
+    p.add_argument("--regression-weight", type=float, default=None,
+                   help="substructure: weight of the regression losses (default 0.1)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")
@@ -81,7 +85,7 @@ def _recipe(args: argparse.Namespace) -> dict:
     import json
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "threads",
-            "max_minutes")
+            "max_minutes", "init", "regression_weight")
     overrides = {}
     for item in args.model_arg:
         key, sep, val = item.partition("=")

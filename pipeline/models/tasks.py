@@ -68,7 +68,8 @@ class Substructure:
         logits, names, mean, log_sigma = self._split(out, config)
         cls = batch["substructure"].long()
         total = F.cross_entropy(logits, cls)
-        weight = config.get("regression_weight", self.regression_weight)
+        weight = config.get("regression_weight")
+        weight = self.regression_weight if weight is None else weight
         for j, name in enumerate(names):
             t = config["targets"][name]
             y = (batch[name].float() - t["mean"]) / t["std"]

@@ -28,6 +28,8 @@ DEFAULTS = {
     "seed": 0, "threads": 1, "max_minutes": None, "shuffle_buffer": 2048,
     "augment": {"max_shift": 2, "max_scale": 0.1, "p_scale": 0.3},
     "normalization": None,  # overrides of pipeline.models.normalize.DEFAULT_NORMALIZATION
+    "init": None,  # checkpoint dir to start from (fine-tuning); same network and task
+    "regression_weight": None,  # substructure: weight of the regression terms (None: task's)
 }
 
 #: default network per stage (what the shipped weights use)
@@ -55,6 +57,10 @@ def train_loop_per_worker(cfg: dict) -> None:
     model = create_model(cfg["model"], **cfg["model_kwargs"])
     start_epoch, best, since_best = 0, None, 0
     ckpt = ray.train.get_checkpoint()
+    if cfg["init"] and not ckpt:  # fine-tune from a finished checkpoint
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(os.path.join(cfg["init"], "model.safetensors")))
     if ckpt:  # resume (Ray restarts after a failure, or a re-run of the same name)
         from safetensors.torch import load_file
 
@@ -228,7 +234,25 @@ def prepare(stage: str, data_dir, model: str | None = None, *,
     cfg["targets"] = target_stats(train_ds, stage) if stage == "substructure" else {}
     cfg["trained"]["n_train"], cfg["trained"]["n_val"] = train_ds.count(), val_ds.count()
     cfg["model_kwargs"] = model_kwargs(stage, cfg["model"], cfg, **cfg.pop("_model_overrides"))
+    if cfg["init"]:
+        _check_init(cfg)
     return cfg, train_ds, val_ds
+
+
+def _check_init(cfg: dict) -> None:
+    """``init`` must be a checkpoint of the same task and network (weights are loaded as is)."""
+    init = Path(cfg["init"]).expanduser().resolve()
+    if init.suffix == ".safetensors":
+        init = init.parent
+    try:
+        ref = json.loads((init / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"init {init}: not a checkpoint directory ({e})") from e
+    for key in ("task", "model", "model_kwargs"):
+        if ref.get(key) != cfg[key]:
+            raise ValueError(f"init {init}: {key} {ref.get(key)!r} differs from this run's "
+                             f"{cfg[key]!r}")
+    cfg["init"] = str(init)
 
 
 def make_trainer(cfg: dict, train_ds, val_ds, name: str, storage_path, *, num_workers: int = 1,
