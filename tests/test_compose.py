@@ -82,6 +82,8 @@ def test_map_args_cpu_cluster_uses_actor_pools_and_fractional_cpus(ckpts):
             assert 0 < args["num_cpus"] < 1  # whole CPUs on 2 cores starve the reads
             assert args["fn_constructor_kwargs"] == spec.options
             assert args["batch_size"] == spec.batch_size
+            if fuse:  # one single-threaded chain actor per CPU, from the start
+                assert args["compute"].min_size == args["compute"].max_size == 2
             total += args["num_cpus"]
         assert total <= 1.0  # leaves at least one CPU for read tasks when every pool has one actor
     chain = Chain(stages)  # what a fused actor rebuilds: the same stages with the same options
@@ -110,7 +112,12 @@ def test_cpu_clusters_fuse_open_stages_into_one_actor_gpu_clusters_do_not(ckpts)
     assert [len(g) for g in pipe.groups({"CPU": 2.0})] == [2, 1, 1]
     assert [len(g) for g in pipe.groups({"CPU": 8.0, "GPU": 2.0})] == [1, 1, 1, 1]
     assert [len(g) for g in Pipeline([den, det, sub], fuse=False).groups({"CPU": 2.0})] == [1, 1, 1]
-    assert [len(g) for g in Pipeline([den, det, sub], fuse=True).groups({"GPU": 1.0})] == [3]
+    fused_gpu = Pipeline([den, det, sub], fuse=True)
+    assert [len(g) for g in fused_gpu.groups({"GPU": 1.0})] == [3]
+    from pipeline.compose import Chain
+
+    args = fused_gpu.map_args(Chain([den, det, sub]), {"CPU": 8.0, "GPU": 2.0})
+    assert args["num_gpus"] == 1 and args["compute"].max_size == 2  # a whole GPU per chain
 
 
 def _dataset(ray, n=40, bad=(5, 17)):
