@@ -116,7 +116,7 @@ class Pipeline:
         - CPU only: fractional CPUs (a quarter of the cluster's CPUs split over the pools),
           which leaves room for the read tasks: on 2 CPUs, whole-CPU actors would take every
           CPU and Ray would wait forever. A fused :class:`Chain` gets one single-threaded actor
-          per CPU from the start (Ray Data's autoscaler kept one: half the machine idle,
+          per CPU from the start, each reserving half a CPU (Ray Data's autoscaler kept one: half the machine idle,
           measured 0.58x the single-process loop); separate pools autoscale from one actor up
           to the CPU count.
         """
@@ -131,17 +131,20 @@ class Pipeline:
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
             round(1 / n_model, 3) if use_gpu else 0
         )
+        fused_cpu = isinstance(stage, Chain) and not num_gpus
         if stage.num_cpus is not None:
             num_cpus = stage.num_cpus
         elif num_gpus:
             num_cpus = 1.0
+        elif fused_cpu:  # one actor per CPU at half a CPU each: half the CPUs stay for reads
+            num_cpus = 0.5
         else:
             num_cpus = round(min(1.0, cpus / (4 * n_stages)), 3)
         if stage.actors is not None:
             lo, hi = (stage.actors, stage.actors) if isinstance(stage.actors, int) else stage.actors
         elif num_gpus:
             lo, hi = 1, max(1, int(gpus))
-        elif isinstance(stage, Chain):
+        elif fused_cpu:
             lo = hi = max(1, int(cpus))
         else:
             lo, hi = 1, max(1, int(cpus))

@@ -86,6 +86,10 @@ def test_map_args_cpu_cluster_uses_actor_pools_and_fractional_cpus(ckpts):
                 assert args["compute"].min_size == args["compute"].max_size == 2
             total += args["num_cpus"]
         assert total <= 1.0  # leaves at least one CPU for read tasks when every pool has one actor
+    for cpus in (2.0, 4.0, 64.0):  # the fused pool never takes the CPUs the reads need
+        args = Pipeline(stages).map_args(Chain(stages), {"CPU": cpus})
+        assert args["compute"].min_size == args["compute"].max_size == int(cpus)
+        assert args["compute"].max_size * args["num_cpus"] <= cpus / 2
     chain = Chain(stages)  # what a fused actor rebuilds: the same stages with the same options
     assert chain.batch_size == 512 and chain.uses_model
     rebuilt = Chain(**ray.cloudpickle.loads(ray.cloudpickle.dumps(chain.options)))
