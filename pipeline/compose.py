@@ -111,22 +111,21 @@ class Pipeline:
         """Keyword arguments of ``map_batches`` for ``stage`` on a cluster with ``cluster``
         resources (``ray.cluster_resources()``). Defaults, where the stage leaves them open:
 
-        - GPU cluster: model stages share each GPU (``num_gpus = 1 / #model stages``), one actor
+        - GPU cluster: model pools share each GPU (``num_gpus = 1 / #model pools``), one actor
           per GPU at most, autoscaled from one; 1 CPU per actor.
-        - CPU only: fractional CPUs (a quarter of the cluster's CPUs split over the pools),
-          which leaves room for the read tasks: on 2 CPUs, whole-CPU actors would take every
-          CPU and Ray would wait forever. A fused :class:`Chain` gets one single-threaded actor
-          per CPU from the start, each reserving half a CPU (Ray Data's autoscaler kept one: half the machine idle,
-          measured 0.58x the single-process loop); separate pools autoscale from one actor up
-          to the CPU count.
+        - CPU only, fused :class:`Chain`: one single-threaded actor per CPU from the start, each
+          reserving half a CPU so the read tasks keep the other half (Ray Data's autoscaler
+          kept a single actor: half the machine idle, 0.58x the single-process loop).
+        - CPU only, separate pools: fractional CPUs (a quarter of the cluster's CPUs split over
+          the pools), autoscaled from one actor up to the CPU count. Whole-CPU actors on 2 CPUs
+          would take every CPU and Ray would wait forever for the reads.
         """
         import ray
 
         cpus = max(1.0, float(cluster.get("CPU", 1)))
         gpus = float(cluster.get("GPU", 0))
-        groups = self.groups(cluster)
-        n_stages = len(groups)
-        n_model = sum(any(s.uses_model for s in g) for g in groups) or 1
+        pools = self.groups(cluster)
+        n_model = sum(any(s.uses_model for s in pool) for pool in pools) or 1
         use_gpu = gpus > 0 and stage.uses_model and stage.num_gpus != 0
         num_gpus = stage.num_gpus if stage.num_gpus is not None else (
             round(1 / n_model, 3) if use_gpu else 0
@@ -139,7 +138,7 @@ class Pipeline:
         elif fused_cpu:  # one actor per CPU at half a CPU each: half the CPUs stay for reads
             num_cpus = 0.5
         else:
-            num_cpus = round(min(1.0, cpus / (4 * n_stages)), 3)
+            num_cpus = round(min(1.0, cpus / (4 * len(pools))), 3)
         if stage.actors is not None:
             lo, hi = (stage.actors, stage.actors) if isinstance(stage.actors, int) else stage.actors
         elif num_gpus:

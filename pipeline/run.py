@@ -110,6 +110,8 @@ def run_cascade(
     from pipeline.stages import Stage
 
     t0 = time.perf_counter()
+    if buffer_gib is not None and not buffer_gib > 0:
+        raise ValueError(f"buffer_gib must be > 0, got {buffer_gib}")
     out = Path(out)
     if all(isinstance(s, Stage) for s in stages) and stages:
         stage_objs = list(stages)
@@ -180,8 +182,6 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     options.preserve_order = True
     if buffer_gib is None:
         buffer_gib = max(1.0, 0.25 * ray.cluster_resources().get("CPU", 1))
-    if buffer_gib <= 0:
-        raise ValueError(f"buffer_gib must be > 0, got {buffer_gib}")
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:

@@ -167,12 +167,12 @@ def _matched_scenes(cfg: SimConfig, spec: ShardSpec):
     order = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key))
     scenes, rngs = [], []
     for g in range(math.ceil(spec.n / len(classes))):
-        for kind in order.permutation(classes)[: spec.n - len(scenes)]:
-            key = (*spec.spawn_key, g)
-            scenes.append(sample_scene(np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key)),
-                                       cfg.preset, cfg.priors, cfg.task, str(kind)))
+        key = (*spec.spawn_key, g)
+        for c in order.permutation(len(classes))[: spec.n - len(scenes)]:
+            lens_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key))
+            scenes.append(sample_scene(lens_rng, cfg.preset, cfg.priors, cfg.task, classes[c]))
             rngs.append(np.random.default_rng(
-                np.random.SeedSequence(cfg.seed, spawn_key=(*key, 1 + classes.index(kind)))))
+                np.random.SeedSequence(cfg.seed, spawn_key=(*key, 1 + int(c)))))
     return scenes, rngs
 
 

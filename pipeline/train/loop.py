@@ -57,18 +57,16 @@ def train_loop_per_worker(cfg: dict) -> None:
     model = create_model(cfg["model"], **cfg["model_kwargs"])
     start_epoch, best, since_best = 0, None, 0
     ckpt = ray.train.get_checkpoint()
-    if cfg["init"] and not ckpt:  # fine-tune from a finished checkpoint
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(os.path.join(cfg["init"], "model.safetensors")))
     if ckpt:  # resume (Ray restarts after a failure, or a re-run of the same name)
-        from safetensors.torch import load_file
-
         with ckpt.as_directory() as d:
             model.load_state_dict(load_file(os.path.join(d, "model.safetensors")))
             state = json.loads(Path(d, "config.json").read_text())
             start_epoch = state["epoch"] + 1
             best, since_best = state.get("best"), state.get("since_best", 0)
+    elif cfg["init"]:  # fine-tune from a finished checkpoint
+        model.load_state_dict(load_file(os.path.join(cfg["init"], "model.safetensors")))
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
