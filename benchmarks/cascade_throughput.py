@@ -190,11 +190,11 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_
 
 
 def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int,
-            fuse: bool | None = None) -> int:
+            fuse: bool | None = None, buffer_gib: float | None = None) -> int:
     from pipeline.run import run_cascade
 
     summary = run_cascade([str(p) for p in paths], out, bands=["VIS"], size=64,
-                          threshold=threshold, batch_size=batch_size, fuse=fuse,
+                          threshold=threshold, batch_size=batch_size, fuse=fuse, buffer_gib=buffer_gib,
                           checkpoints={s: c for s, c in ckpts.items() if c}, gallery=0,
                           progress=False)
     assert summary["adds_up"], summary
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
                     help="shipped networks, or small ones (stresses the cascade's overhead)")
     ap.add_argument("--unfused", action="store_true",
                     help="also time the cascade with one actor pool per stage (fuse=False)")
+    ap.add_argument("--buffer-gib", type=float, default=None,
+                    help="run_cascade's object-store budget (default: its own)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated shards")
     args = ap.parse_args(argv)
@@ -232,21 +234,24 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold, args.batch_size)
             dt_b = time.perf_counter() - t
-        if not ray.is_initialized():
-            ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # A fresh local Ray per size: each peak is that run's own (the object store keeps the
+        # pages an earlier run touched).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         with PeakMemory(children=True) as mem_r:
             t = time.perf_counter()
-            rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold, args.batch_size)
+            rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold,
+                                    args.batch_size, buffer_gib=args.buffer_gib)
             dt_r = time.perf_counter() - t
         assert rows_b == rows_r == n, (rows_b, rows_r, n)
         unfused = None
         if args.unfused:
             t = time.perf_counter()
             rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
-                                args.batch_size, fuse=False)
+                                args.batch_size, fuse=False, buffer_gib=args.buffer_gib)
             unfused = rows_u / (time.perf_counter() - t)
+        ray.shutdown()
         results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
                         "unfused_per_s": unfused,
                         "ratio": (rows_r / dt_r) / (rows_b / dt_b), "candidates": cands / n,

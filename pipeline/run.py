@@ -186,7 +186,7 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
         ds = read_cutouts(files, bands=bands, size=size, strict=strict)
-        ds = pipeline.run(ds).drop_columns([schema.IMAGE])
+        ds = pipeline.run(ds, drop=[schema.IMAGE])
         bar = tqdm(total=len(files), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

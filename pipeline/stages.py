@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,7 +95,15 @@ class Stage:
         return None
 
     # ------------------------------------------------------------------ shared machinery
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray], drop: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The batch with this stage's columns, minus the ``drop`` columns (``Pipeline.run``
+        drops what no later step needs inside the last actor: no extra object-store hop)."""
+        out = self._apply(batch)
+        for name in drop:
+            out.pop(name, None)
+        return out
+
+    def _apply(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self._ready:
             self.setup()
             self._ready = True

@@ -143,7 +143,8 @@ def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts, fuse):
         Flux(batch_size=16),
         Substructure(checkpoint=ckpts["substructure"], batch_size=8),
     ])
-    out = pipe.run(ds).drop_columns(["image"]).to_pandas().sort_values("index")
+    out = pipe.run(ds, drop=["image"]).to_pandas().sort_values("index")
+    assert "image" not in out.columns  # dropped inside the last pool
     col = {k: out[k].to_numpy() for k in out.columns}
     assert len(out) == 40 and out["id"].is_unique
     bad = np.array([isinstance(e, str) and e != "" for e in col["error"]])

@@ -124,6 +124,23 @@ def test_checkpoint_round_trip_and_predict_columns(tmp_path, task, model):
         assert abs(float(np.median(p["image"])) - 100) < 10
 
 
+def test_predict_pads_batches_to_few_shapes_without_changing_rows():
+    """Any number of rows reaches the network as one of a few power-of-two batch shapes (each
+    new shape grows a CPU process for good), and padding never changes a row's result."""
+    cfg = _config("substructure", "lastro_cnn")
+    net = create_model("lastro_cnn", **cfg["model_kwargs"]).eval()
+    shapes = set()
+    net.register_forward_pre_hook(lambda _m, args: shapes.add(args[0].shape[0]))
+    x = _images(40, 1, seed=3)
+    full = predict(net, cfg, x, batch_size=32)
+    assert shapes == {32, 8}  # 40 rows = 32 + 8
+    for n in (1, 3, 5, 11, 17, 29):
+        part = predict(net, cfg, x[:n], batch_size=32)
+        for k in full:
+            np.testing.assert_allclose(part[k], full[k][:n], rtol=1e-5, atol=1e-6)
+    assert shapes == {1, 4, 8, 16, 32}
+
+
 def test_predict_rejects_wrong_geometry_and_load_errors(tmp_path):
     cfg = _config("lens-detect", "d4_resnet")
     m = create_model("d4_resnet", **cfg["model_kwargs"])

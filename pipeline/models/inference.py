@@ -46,7 +46,15 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     z, sky, noise = normalize(x, config["normalization"])
     outs = []
     for i in range(0, len(z), batch_size):
-        outs.append(model(torch.from_numpy(z[i : i + batch_size]).to(device)).float().cpu().numpy())
+        chunk = z[i : i + batch_size]
+        n = len(chunk)
+        # Pad to a power of two (at most batch_size): every new input shape costs the CPU
+        # backend (oneDNN) cached kernels and heap that are never given back, so the
+        # candidate-only substructure batches (any size) grew an actor by ~10 MB per size.
+        padded = min(batch_size, 1 << (n - 1).bit_length())
+        if padded > n:
+            chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), chunk.dtype)])
+        outs.append(model(torch.from_numpy(chunk).to(device))[:n].float().cpu().numpy())
     if outs:
         out = np.concatenate(outs)
     else:  # no rows: keep the column shapes
