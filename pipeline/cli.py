@@ -75,6 +75,8 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="start from this checkpoint's weights (fine-tuning; same network)")
     p.add_argument("--regression-weight", type=float, default=None,
                    help="substructure: weight of the regression losses (default 0.1)")
+    p.add_argument("--nll-beta", type=float, default=None,
+                   help="substructure: beta-NLL exponent for the regression losses (default 0: plain NLL)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")
@@ -85,7 +87,7 @@ def _recipe(args: argparse.Namespace) -> dict:
     import json
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "threads",
-            "max_minutes", "init", "regression_weight")
+            "max_minutes", "init", "regression_weight", "nll_beta")
     overrides = {}
     for item in args.model_arg:
         key, sep, val = item.partition("=")

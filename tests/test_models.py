@@ -188,3 +188,19 @@ def test_substructure_loss_is_cross_entropy_plus_weighted_masked_gaussian_nll():
     for w in (1.0, 0.1):
         assert torch.isclose(task.loss(out, batch, {**cfg, "regression_weight": w}), ce + w * nll)
     assert task.regression_weight == 0.1  # the training default
+    # beta-NLL: each row's NLL scaled by sigma^(2 beta), the scale without gradient
+    nll_b = 0.0
+    for j, (name, rows) in enumerate((("log10_m_axion", [2, 3]), ("sigma_sub", [1, 4]))):
+        t = cfg["targets"][name]
+        y = (batch[name][rows] - t["mean"]) / t["std"]
+        mu, ls = out[rows, 3 + j], out[rows, 5 + j].clamp(-7, 3)
+        nll_b += (torch.exp(ls) * (0.5 * ((y - mu) * torch.exp(-ls)) ** 2 + ls)).mean()
+    cfg_b = {**cfg, "regression_weight": 1.0, "nll_beta": 0.5}
+    assert torch.isclose(task.loss(out, batch, cfg_b), ce + nll_b)
+    out.requires_grad_(True)
+    task.loss(out, batch, cfg_b).backward()
+    g = out.grad[[2, 3], 3]  # d loss / d mean on the vortex rows: scaled residual only
+    y = (batch["log10_m_axion"][[2, 3]] + 23.0) / 0.5
+    ls = out.detach()[[2, 3], 5].clamp(-7, 3)
+    expected = -(y - out.detach()[[2, 3], 3]) * torch.exp(-ls) / 2  # mean over 2 rows
+    assert torch.allclose(g, expected, atol=1e-5)

@@ -30,6 +30,7 @@ DEFAULTS = {
     "normalization": None,  # overrides of pipeline.models.normalize.DEFAULT_NORMALIZATION
     "init": None,  # checkpoint dir to start from (fine-tuning); same network and task
     "regression_weight": None,  # substructure: weight of the regression terms (None: task's)
+    "nll_beta": None,  # substructure: beta-NLL exponent (None: task's, plain NLL)
 }
 
 #: default network per stage (what the shipped weights use)
