@@ -252,7 +252,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                        help=f"{stage} checkpoint dir (default: shipped weights)")
     p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
     p.add_argument("--buffer-gib", type=float, default=None,
-                   help="object-store memory the job may hold (default 0.25 GiB per CPU, >= 1)")
+                   help="object-store memory the job may hold (default 0.125 GiB per CPU, >= 0.25)")
     p.add_argument("--demo-n", type=int, default=300, help="--demo: cutouts to simulate")
     p.add_argument("--seed", type=int, default=0, help="--demo: simulation seed")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")

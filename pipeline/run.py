@@ -100,6 +100,11 @@ def run_cascade(
         strict: stop at the first unreadable file instead of writing error rows.
         gallery: number of top candidates to draw in ``gallery.png`` (0: none).
         progress: show a progress bar.
+        buffer_gib: object-store memory the streaming job may hold (blocks read ahead of the
+            models, results waiting for the writer); default 0.125 GiB per cluster CPU, at
+            least 0.25. Raise it for large multi-band cutouts (a block is one input file).
+        fuse: run consecutive stages in one actor pool (None: when the cluster has no GPU;
+            see ``pipeline.compose``).
 
     Returns:
         The summary (also written to ``out/summary.json``).
@@ -181,7 +186,7 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     # Order keeps each file's rows together, which is what lets us commit files one by one.
     options.preserve_order = True
     if buffer_gib is None:
-        buffer_gib = max(1.0, 0.25 * ray.cluster_resources().get("CPU", 1))
+        buffer_gib = max(0.25, 0.125 * ray.cluster_resources().get("CPU", 1))
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
