@@ -72,6 +72,8 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
     weights, only on the architectures."""
     import json as _json
 
+    import torch
+
     from pipeline import __version__
     from pipeline.models import WEIGHTS_DIR, create_model, save_checkpoint
     from pipeline.models.normalize import DEFAULT_NORMALIZATION
@@ -79,7 +81,7 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
     from pipeline.train.loop import DEFAULT_MODEL
 
     out, made = {}, []
-    for s in STAGES:
+    for i, s in enumerate(STAGES):
         if models == "shipped" and (WEIGHTS_DIR / s / "model.safetensors").is_file():
             out[s] = None
             continue
@@ -96,6 +98,9 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
         else:
             cfg.setdefault("model", DEFAULT_MODEL[s])
             cfg["model_kwargs"] = cfg.get("model_kwargs") or model_kwargs(s, cfg["model"], cfg)
+        # Seeded: an untrained detector's scores sit near one value, so its init decides whether
+        # ~0% or ~100% of rows reach the substructure model, i.e. the workload.
+        torch.manual_seed(i)
         model = create_model(cfg["model"], **cfg["model_kwargs"])
         out[s] = str(save_checkpoint(model, cfg, workdir / f"ckpt-{models}" / s))
         made.append(f"{s}: {cfg['model']}")
