@@ -73,10 +73,9 @@ class Substructure:
         logits, names, mean, log_sigma = self._split(out, config)
         cls = batch["substructure"].long()
         total = F.cross_entropy(logits, cls)
-        weight = config.get("regression_weight")
-        weight = self.regression_weight if weight is None else weight
-        beta = config.get("nll_beta")
-        beta = self.nll_beta if beta is None else beta
+        # a run's config may carry None for "the task's default"
+        weight, beta = (getattr(self, k) if config.get(k) is None else config[k]
+                        for k in ("regression_weight", "nll_beta"))
         for j, name in enumerate(names):
             t = config["targets"][name]
             y = (batch[name].float() - t["mean"]) / t["std"]
