@@ -204,3 +204,45 @@ def test_substructure_loss_is_cross_entropy_plus_weighted_masked_gaussian_nll():
     ls = out.detach()[[2, 3], 5].clamp(-7, 3)
     expected = -(y - out.detach()[[2, 3], 3]) * torch.exp(-ls) / 2  # mean over 2 rows
     assert torch.allclose(g, expected, atol=1e-5)
+
+
+def test_two_tower_takes_classes_from_the_frozen_classifier_and_the_rest_from_the_regressor():
+    from pipeline.models.towers import init_network
+
+    cfg = _config("substructure", "two_tower")
+    assert cfg["model_kwargs"]["num_classes"] == 3
+    tower, kw = init_network("two_tower", {**cfg["model_kwargs"], "widths": [8, 16, 32]})
+    assert tower == "d4_resnet" and "num_classes" not in kw and kw["widths"] == [8, 16, 32]
+    torch.manual_seed(0)
+    a = create_model("d4_resnet", **_config("substructure", "d4_resnet")["model_kwargs"])
+    m = create_model("two_tower", **cfg["model_kwargs"])
+    m.init_from(a.state_dict())
+    with torch.no_grad():  # the regressor tower moves away from the classifier during training
+        for p in m.regressor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.from_numpy(normalize(_images(3))[0])
+    m.eval(), a.eval()
+    with torch.no_grad():
+        out, ref, reg = m(x), a(x), m.regressor(x)
+    torch.testing.assert_close(out[:, :3], ref[:, :3])  # the classes: the classifier's
+    torch.testing.assert_close(out[:, 3:], reg[:, 3:])  # the parameters: the regressor's
+    assert not torch.allclose(out[:, 3:], ref[:, 3:])
+    # a regressor for log10_m_axion only: sigma_sub (outputs 4 and 6) stays the classifier's
+    one = create_model("two_tower", **{**cfg["model_kwargs"], "regressor_targets": [0]})
+    one.load_state_dict(m.state_dict())
+    one.eval()
+    with torch.no_grad():
+        out1 = one(x)
+    torch.testing.assert_close(out1[:, [4, 6]], ref[:, [4, 6]])
+    torch.testing.assert_close(out1[:, [3, 5]], reg[:, [3, 5]])
+    with pytest.raises(ValueError, match="regressor_targets"):
+        create_model("two_tower", **{**cfg["model_kwargs"], "regressor_targets": [2]})
+    # training touches only the regressor; the classifier's batch-norm statistics stay put
+    m.train()
+    assert not m.classifier.training and m.regressor.training
+    m(x)[:, 3:].sum().backward()
+    assert all(p.grad is None for p in m.classifier.parameters())
+    assert all(p.grad is not None for p in m.regressor.parameters())
+    assert all(torch.equal(v, a.state_dict()[k]) for k, v in m.classifier.state_dict().items())
+    m.tta = False
+    assert m.classifier.tta is m.regressor.tta is False

@@ -67,7 +67,7 @@ def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path):
     w0, w1 = load_file(out / "model.safetensors"), load_file(ft / "model.safetensors")
     learned = [k for k in w0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert learned and all(np.array_equal(w0[k].numpy(), w1[k].numpy()) for k in learned)
-    with pytest.raises(ValueError, match="model_kwargs"):  # another network shape: refused
+    with pytest.raises(ValueError, match="cannot start"):  # another network shape: refused
         train("lens-detect", tiny_lens_data, tmp_path / "bad", "d4_resnet", epochs=1,
               model_overrides={"widths": [4, 8, 16], "blocks": 1}, init=str(out))
 
@@ -100,3 +100,40 @@ def test_tune_two_trials_exports_best(tiny_lens_data, tmp_path):
     assert cfg["trained"]["tune"]["best"] == pytest.approx(best)
     assert cfg["lr"] in (1e-3, 3e-3) and cfg["metrics"]["split"] == "test"
     load_checkpoint(out)
+
+
+@pytest.mark.timeout(400)
+def test_two_tower_regressor_trains_on_its_classes_and_keeps_the_classifier(ray_local, tmp_path):
+    """The shipped substructure recipe in small: a classifier, then a two_tower whose
+    regressor tower is fine-tuned (bf16, vortex rows only) while the classifier is frozen."""
+    from safetensors.torch import load_file
+
+    from pipeline.simulate import simulate
+    from pipeline.train.evaluate import collect
+    from pipeline.train.loop import train
+
+    data = simulate("euclid-vis", "substructure", n=150, seed=11, out=tmp_path / "sub", size=48,
+                    shard_size=50, split_fractions=(0.6, 0.2, 0.2), matched=True, progress=False)
+    cls = train("substructure", tmp_path / "sub", tmp_path / "cls", "d4_resnet", epochs=1,
+                batch_size=16, seed=1, model_overrides=TINY_D4, name="test-cls")
+    tt = train("substructure", tmp_path / "sub", tmp_path / "tt", "two_tower", epochs=2,
+               batch_size=16, lr=3e-3, seed=2, model_overrides=TINY_D4, init=str(cls),
+               train_classes=["vortex"], precision="bf16", regression_weight=1.0,
+               name="test-tt")
+    cfg = json.loads((tt / "config.json").read_text())
+    assert cfg["trained"]["n_train"] == data["splits"]["train"]["counts"]["vortex"]
+    assert cfg["model_kwargs"]["regressor_targets"] == [0]  # log10_m_axion only
+    assert cfg["targets"] == json.loads((cls / "config.json").read_text())["targets"]
+    w_cls, w_tt = load_file(cls / "model.safetensors"), load_file(tt / "model.safetensors")
+    assert all(np.array_equal(w_cls[k].numpy(), w_tt[f"classifier.{k}"].numpy()) for k in w_cls)
+    assert any(not np.array_equal(w_cls[k].numpy(), w_tt[f"regressor.{k}"].numpy())
+               for k in w_cls if k.endswith("weight"))
+    # the catalogue columns: the classifier's probabilities, the regressor's parameters
+    imgs = collect(tmp_path / "sub", "test", cfg)["image"]
+    p_cls, p_tt = predict(*load_checkpoint(cls), imgs), predict(*load_checkpoint(tt), imgs)
+    for col in ("p_vortex", "sigma_sub", "sigma_sub_sigma"):  # the frozen classifier's
+        np.testing.assert_allclose(p_tt[col], p_cls[col], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(p_tt["log10_m_axion"], p_cls["log10_m_axion"])
+    with pytest.raises(ValueError, match="starts from a trained classifier"):
+        train("substructure", tmp_path / "sub", tmp_path / "bad", "two_tower", epochs=1)
+    assert "log10_m_axion_mae_ratio" in cfg["metrics"] and "auc_macro" in cfg["metrics"]

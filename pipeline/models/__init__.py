@@ -6,6 +6,7 @@ turns survey images into catalogue columns with the normalisation stored in the 
 """
 
 from pipeline.models import cnn as _cnn  # noqa: F401  (registers models)
+from pipeline.models import towers as _towers  # noqa: F401  (registers models)
 from pipeline.models import unet as _unet  # noqa: F401  (registers models)
 from pipeline.models.checkpoint import (
     STAGES,

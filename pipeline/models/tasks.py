@@ -154,4 +154,10 @@ def model_kwargs(task: str, model: str, config: dict, **overrides) -> dict:
         kw = {"in_channels": len(config["bands"])}
     else:
         kw = {"in_channels": len(config["bands"]), "num_outputs": t.num_outputs(config)}
+    if model == "two_tower":  # the regressor provides the targets of the classes it trains on
+        classes = list(config.get("classes", t.classes))
+        kw["num_classes"] = len(classes)
+        keep = [classes.index(c) for c in config.get("train_classes") or classes]
+        kw["regressor_targets"] = [j for j, v in enumerate(config["targets"].values())
+                                   if v["class"] in keep]
     return {**kw, **overrides}

@@ -41,15 +41,20 @@ def read_manifest(data_dir) -> dict:
 
 
 class PrepareBatch:
-    """Ray Data batch function: drop error rows, normalise images to ``x``, keep the task's
-    label columns (the denoiser's clean target normalised with its noisy input's statistics)."""
+    """Ray Data batch function: drop error rows (and, with ``keep_classes``, rows of other
+    classes), normalise images to ``x``, keep the task's label columns (the denoiser's clean
+    target normalised with its noisy input's statistics)."""
 
-    def __init__(self, task: str, normalization: dict):
+    def __init__(self, task: str, normalization: dict, keep_classes=None):
         self.task = get_task(task)
         self.normalization = normalization
+        self.keep = (None if not keep_classes else
+                     [self.task.classes.index(c) for c in keep_classes])
 
     def __call__(self, batch: dict) -> dict:
         good = good_mask(batch)
+        if self.keep is not None:
+            good &= np.isin(np.asarray(batch[self.task.label_columns[0]]), self.keep)
         img = np.asarray(batch[IMAGE])[good]
         x, sky, noise = normalize(img, self.normalization)
         out = {"x": x}
@@ -74,8 +79,8 @@ def load_split(data_dir, split: str, task: str, config: dict):
 
     ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
                       clean=task == "denoise")
-    return ds.map_batches(PrepareBatch(task, config["normalization"]), batch_format="numpy",
-                          batch_size=256)
+    prep = PrepareBatch(task, config["normalization"], config.get("train_classes"))
+    return ds.map_batches(prep, batch_format="numpy", batch_size=256)
 
 
 def target_stats(ds, task: str) -> dict:
