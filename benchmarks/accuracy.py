@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         for t, rows_name in (("log10_m_axion", "vortex"), ("sigma_sub", "cdm")):
             lines.append(
                 f"| {t} ({rows_name}) | {m[f'{t}_n']} | {m[f'{t}_mae']:.4f} | "
-                f"{m[f'{t}_mae_floor']:.4f} | {m[f'{t}_mae_ratio']:.2f} | {m[f'{t}_mse']:.5f} | "
+                f"{m[f'{t}_mae_floor']:.4f} | {m[f'{t}_mae_ratio']:.3f} | {m[f'{t}_mse']:.5f} | "
                 f"{m[f'{t}_mse_floor']:.5f} | {m[f'{t}_coverage68']:.3f} | "
                 f"{m[f'{t}_coverage95']:.3f} |")
         lines.append("")

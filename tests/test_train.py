@@ -81,6 +81,10 @@ def test_bad_configs_fail_before_any_work(tiny_lens_data, tmp_path):
         make_config("lens-detect", tiny_lens_data, epochz=3)
     with pytest.raises(FileNotFoundError, match="no FITS shards for split 'train'"):
         make_config("lens-detect", tmp_path)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_config("lens-detect", tiny_lens_data, precision="fp16")
+    with pytest.raises(ValueError, match="train_classes \\['vortex'\\]: stage 'lens-detect'"):
+        make_config("lens-detect", tiny_lens_data, train_classes=["vortex"])
 
 
 @pytest.mark.timeout(400)
