@@ -78,11 +78,11 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nll-beta", type=float, default=None,
                    help="substructure: beta-NLL exponent for the regression losses (default 0: plain NLL)")
     p.add_argument("--train-classes", nargs="+", default=None, metavar="CLASS",
-                   help="train and validate only on rows of these classes (e.g. the two_tower "
-                        "regressor: cdm vortex)")
+                   help="train and validate only on rows of these classes (e.g. vortex, for "
+                        "the shipped two_tower's axion-mass regressor)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
-                   help="bf16: autocast matmuls/convs to bfloat16 (2.2x faster on CPUs with "
-                        "AVX512-BF16 or AMX and on recent GPUs; default fp32)")
+                   help="bf16: autocast matmuls/convs to bfloat16 (2.5x faster d4_resnet training "
+                        "on an AVX512-BF16 CPU, measured; also recent GPUs; default fp32)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")
