@@ -23,6 +23,8 @@ import torch.nn as nn
 
 from pipeline.models.registry import create_model, register_model
 
+DEFAULT_TOWER = "d4_resnet"
+
 
 class TwoTower(nn.Module):
     """Class logits from a frozen ``classifier`` tower, regression outputs from a
@@ -36,7 +38,7 @@ class TwoTower(nn.Module):
             vortex rows only provides log10_m_axion, and sigma_sub stays the classifier's).
     """
 
-    def __init__(self, tower: str = "d4_resnet", num_classes: int = 3, in_channels: int = 1,
+    def __init__(self, tower: str = DEFAULT_TOWER, num_classes: int = 3, in_channels: int = 1,
                  num_outputs: int = 7, regressor_targets: list[int] | None = None,
                  **tower_kwargs):
         super().__init__()
@@ -98,4 +100,4 @@ def init_network(model_name: str, model_kwargs: dict) -> tuple[str, dict]:
         return model_name, model_kwargs
     kw = {k: v for k, v in model_kwargs.items()
           if k not in ("tower", "num_classes", "regressor_targets")}
-    return model_kwargs.get("tower", "d4_resnet"), kw
+    return model_kwargs.get("tower", DEFAULT_TOWER), kw

@@ -251,14 +251,15 @@ def prepare(stage: str, data_dir, model: str | None = None, *,
     ensure_ray()
     train_ds = load_split(data_dir, "train", stage, cfg).materialize()
     val_ds = load_split(data_dir, "val", stage, cfg).materialize()
+    init = _read_config(cfg["init"]) if cfg["init"] else None
     cfg["targets"] = {}
     if stage == "substructure":  # a two_tower keeps its classifier's standardisation
-        cfg["targets"] = (_read_config(cfg["init"]).get("targets", {}) if cfg["model"] == "two_tower"
+        cfg["targets"] = (init.get("targets", {}) if cfg["model"] == "two_tower"
                           else target_stats(train_ds, stage))
     cfg["trained"]["n_train"], cfg["trained"]["n_val"] = train_ds.count(), val_ds.count()
     cfg["model_kwargs"] = model_kwargs(stage, cfg["model"], cfg, **cfg.pop("_model_overrides"))
-    if cfg["init"]:
-        _check_init(cfg)
+    if init is not None:
+        _check_init(cfg, init)
     return cfg, train_ds, val_ds
 
 
@@ -275,10 +276,10 @@ def _read_config(init) -> dict:
         raise ValueError(f"init {init}: not a checkpoint directory ({e})") from e
 
 
-def _check_init(cfg: dict) -> None:
-    """``init`` must be a checkpoint of the same task and network (weights are loaded as is),
-    or, for a two_tower, of its tower network."""
-    init, ref = _init_dir(cfg["init"]), _read_config(cfg["init"])
+def _check_init(cfg: dict, ref: dict) -> None:
+    """``init`` (whose config is ``ref``) must be a checkpoint of the same task and network
+    (weights are loaded as is), or, for a two_tower, of its tower network."""
+    init = _init_dir(cfg["init"])
     if ref.get("task") != cfg["task"]:
         raise ValueError(f"init {init}: task {ref.get('task')!r} differs from this run's "
                          f"{cfg['task']!r}")
