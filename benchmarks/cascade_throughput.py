@@ -158,7 +158,7 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int) -> int:
+def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float) -> int:
     """Single-process loop: astropy read -> denoise -> detect -> substructure -> Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -180,10 +180,10 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_
         good = good_mask(batch)
         images = batch["image"][good]
         cols = {k: batch[k][good] for k in ("id", "ra", "dec", "source", "index")}
-        images = predict(*models["denoise"], images, batch_size=batch_size)["image"]
-        p = predict(*models["lens-detect"], images, batch_size=batch_size)["p_lens"]
+        images = predict(*models["denoise"], images)["image"]
+        p = predict(*models["lens-detect"], images)["p_lens"]
         cand = p >= threshold
-        sub = predict(*models["substructure"], images[cand], batch_size=batch_size) if cand.any() else {}
+        sub = predict(*models["substructure"], images[cand]) if cand.any() else {}
         cols.update(p_lens=p, is_candidate=cand)
         for name, v in sub.items():
             full = np.full(len(p), np.nan, np.float32)
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
         with PeakMemory(children=False) as mem_b:
             t = time.perf_counter()
-            rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold, args.batch_size)
+            rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
             dt_b = time.perf_counter() - t
         # A fresh local Ray per size: each peak is that run's own (the object store keeps the
         # pages an earlier run touched).

@@ -250,7 +250,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                      help="candidates: p_lens >= THRESHOLD go on to the substructure stage")
     cut.add_argument("--top-fraction", type=float, default=None,
                      help="candidates: this fraction of each batch by p_lens instead")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per model batch")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="rows per batch handed to a stage actor (the networks run them in "
+                   "forward passes of 8 rows on CPU, 512 on a GPU)")
     p.add_argument("--stages", default="denoise,lens-detect,substructure",
                    help="comma-separated stages in order (default: all three)")
     for stage in ("denoise", "lens-detect", "substructure"):

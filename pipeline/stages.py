@@ -230,8 +230,8 @@ class ModelStage(Stage):
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.models import predict
 
-        return predict(self.model, self.config, rows[schema.IMAGE], device=self.device,
-                       batch_size=self.batch_size)
+        # Forward passes in predict's own chunks (small on CPU): a Ray batch of any size is fine.
+        return predict(self.model, self.config, rows[schema.IMAGE], device=self.device)
 
     def provenance(self) -> str:
         return self._tag
