@@ -15,7 +15,8 @@ It prints cutouts/s for both, their ratio (target >= 0.9) and the peak memory (d
 plus every Ray worker for lensray, PSS and RSS; the process for the baseline). The models are the shipped
 weights when present, else freshly initialised networks of the same architectures (speed does
 not depend on the weights); ``--models small`` swaps in light networks, where the cascade's own
-overhead weighs most.
+overhead weighs most. ``--repeat R`` makes R paired runs per size and reports medians: on a
+2-core machine one run's ratio varies by about +-0.05.
 """
 
 from __future__ import annotations
@@ -206,6 +207,57 @@ def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_s
     return summary["this_run"]["rows"], summary["this_run"]["candidates"]
 
 
+def measure(n: int, field: list[Path], workdir: Path, ckpts: dict, args) -> dict:
+    """One paired run: the loop, then the cascade on a fresh local Ray."""
+    import logging
+
+    import ray
+
+    for d in ("out-base", "out-ray", "out-unfused"):
+        shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
+    with PeakMemory(children=False) as mem_b:
+        t = time.perf_counter()
+        rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
+        dt_b = time.perf_counter() - t
+    # A fresh local Ray per run: each peak is that run's own (the object store keeps the pages
+    # an earlier run touched).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    with PeakMemory(children=True) as mem_r:
+        t = time.perf_counter()
+        rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold,
+                                args.batch_size, buffer_gib=args.buffer_gib)
+        dt_r = time.perf_counter() - t
+    assert rows_b == rows_r == n, (rows_b, rows_r, n)
+    unfused = None
+    if args.unfused:
+        t = time.perf_counter()
+        rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
+                            args.batch_size, fuse=False, buffer_gib=args.buffer_gib)
+        unfused = rows_u / (time.perf_counter() - t)
+    ray.shutdown()
+    return {"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
+            "unfused_per_s": unfused, "ratio": (rows_r / dt_r) / (rows_b / dt_b),
+            "candidates": cands / n, "lensray_peak_rss_gib": mem_r.rss / 2**30,
+            "lensray_peak_pss_gib": mem_r.pss / 2**30, "baseline_peak_rss_gib": mem_b.rss / 2**30,
+            "lensray_s": dt_r, "baseline_s": dt_b}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Medians over paired runs (the ratio: the median of each run's own ratio), peak memory:
+    the highest; plus the ratio's range and every run."""
+    out = {}
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs]
+        if value is None or key == "n":
+            out[key] = value
+        else:
+            out[key] = max(values) if "peak" in key else float(np.median(values))
+    out["ratio_range"] = [min(r["ratio"] for r in runs), max(r["ratio"] for r in runs)]
+    out["runs"] = runs
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
@@ -218,13 +270,11 @@ def main(argv=None) -> int:
                     help="also time the cascade with one actor pool per stage (fuse=False)")
     ap.add_argument("--buffer-gib", type=float, default=None,
                     help="run_cascade's object-store budget (default: its own)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="paired runs per size; the table shows medians (and the ratio's range)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the generated shards")
     args = ap.parse_args(argv)
-
-    import logging
-
-    import ray
 
     from pipeline import __version__
 
@@ -233,53 +283,27 @@ def main(argv=None) -> int:
     results = []
     for n in args.n:
         field = make_field(workdir / f"field-{n}", n)
-        for d in ("out-base", "out-ray", "out-unfused"):
-            shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
-        with PeakMemory(children=False) as mem_b:
-            t = time.perf_counter()
-            rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
-            dt_b = time.perf_counter() - t
-        # A fresh local Ray per size: each peak is that run's own (the object store keeps the
-        # pages an earlier run touched).
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        with PeakMemory(children=True) as mem_r:
-            t = time.perf_counter()
-            rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold,
-                                    args.batch_size, buffer_gib=args.buffer_gib)
-            dt_r = time.perf_counter() - t
-        assert rows_b == rows_r == n, (rows_b, rows_r, n)
-        unfused = None
-        if args.unfused:
-            t = time.perf_counter()
-            rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
-                                args.batch_size, fuse=False, buffer_gib=args.buffer_gib)
-            unfused = rows_u / (time.perf_counter() - t)
-        ray.shutdown()
-        results.append({"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
-                        "unfused_per_s": unfused,
-                        "ratio": (rows_r / dt_r) / (rows_b / dt_b), "candidates": cands / n,
-                        "lensray_peak_rss_gib": mem_r.rss / 2**30,
-                        "lensray_peak_pss_gib": mem_r.pss / 2**30,
-                        "baseline_peak_rss_gib": mem_b.rss / 2**30,
-                        "lensray_s": dt_r, "baseline_s": dt_b})
+        runs = [measure(n, field, workdir, ckpts, args) for _ in range(args.repeat)]
+        results.append(summarise(runs))
         print(json.dumps(results[-1]), flush=True)  # partial results of a long run
         if not args.keep:
             shutil.rmtree(field, ignore_errors=True)
 
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"{_mem_gib():.0f} GiB, torch threads {os.cpu_count()}, lensray {__version__}")
-    print(f"\nCascade throughput ({weights}); {machine}")
+    print(f"\nCascade throughput ({weights}; threshold {args.threshold}; median of "
+          f"{args.repeat} paired run(s)); {machine}")
     print("| cutouts | candidates | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) "
-          "| ratio | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) "
+          "| ratio (range) | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) "
           "| lensray, a pool per stage (cutouts/s, ratio) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         u = r["unfused_per_s"]
         unf = f"{u:.0f}, {u / r['baseline_per_s']:.2f}" if u else "-"
+        lo, hi = r["ratio_range"]
+        spread = f" ({lo:.2f}-{hi:.2f})" if len(r["runs"]) > 1 else ""
         print(f"| {r['n']:,} | {r['candidates']:.1%} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
-              f"{r['ratio']:.2f} | {r['lensray_peak_pss_gib']:.2f} / {r['lensray_peak_rss_gib']:.2f} | "
+              f"{r['ratio']:.2f}{spread} | {r['lensray_peak_pss_gib']:.2f} / {r['lensray_peak_rss_gib']:.2f} | "
               f"{r['baseline_peak_rss_gib']:.2f} | {unf} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
