@@ -112,13 +112,15 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
 class PeakMemory:
     """Peak summed memory of this process and (optionally) all its descendants (Ray workers):
     RSS (counts shared pages, e.g. the object store, once per process that maps them) and PSS
-    (shares them out, so the sum is what the machine really holds)."""
+    (shares them out, so the sum is what the machine really holds). ``quarters()``: the peak
+    PSS reached by each quarter of the run, to tell a plateau from growth."""
 
     def __init__(self, children: bool):
         import psutil
 
         self.proc, self.children = psutil.Process(), children
         self.rss = self.pss = 0
+        self.trace: list[tuple[float, int]] = []  # (time, PSS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -134,6 +136,13 @@ class PeakMemory:
             except (psutil.Error, OSError):
                 pass
         self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+        self.trace.append((time.perf_counter(), pss))
+
+    def quarters(self) -> list[float]:
+        """Peak PSS (GiB) up to 25, 50, 75 and 100% of the run."""
+        t0, t1 = self.trace[0][0], self.trace[-1][0]
+        return [max(p for t, p in self.trace if t <= t0 + q * (t1 - t0)) / 2**30
+                for q in (0.25, 0.5, 0.75, 1.0)]
 
     def _loop(self):
         while not self._stop.wait(0.5):
@@ -240,6 +249,7 @@ def measure(n: int, field: list[Path], workdir: Path, ckpts: dict, args) -> dict
             "unfused_per_s": unfused, "ratio": (rows_r / dt_r) / (rows_b / dt_b),
             "candidates": cands / n, "lensray_peak_rss_gib": mem_r.rss / 2**30,
             "lensray_peak_pss_gib": mem_r.pss / 2**30, "baseline_peak_rss_gib": mem_b.rss / 2**30,
+            "lensray_pss_by_quarter_gib": mem_r.quarters(),
             "lensray_s": dt_r, "baseline_s": dt_b}
 
 
@@ -251,6 +261,8 @@ def summarise(runs: list[dict]) -> dict:
         values = [r[key] for r in runs]
         if value is None or key == "n":
             out[key] = value
+        elif isinstance(value, list):
+            out[key] = [max(v) for v in zip(*values, strict=True)]
         else:
             out[key] = max(values) if "peak" in key else float(np.median(values))
     out["ratio_range"] = [min(r["ratio"] for r in runs), max(r["ratio"] for r in runs)]
@@ -295,8 +307,8 @@ def main(argv=None) -> int:
           f"{args.repeat} paired run(s)); {machine}")
     print("| cutouts | candidates | lensray on Ray (cutouts/s) | single-process PyTorch (cutouts/s) "
           "| ratio (range) | peak memory lensray, PSS / RSS (GiB) | peak RSS baseline (GiB) "
-          "| lensray, a pool per stage (cutouts/s, ratio) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| lensray peak PSS by quarter of the run (GiB) | lensray, a pool per stage (cutouts/s, ratio) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         u = r["unfused_per_s"]
         unf = f"{u:.0f}, {u / r['baseline_per_s']:.2f}" if u else "-"
@@ -304,7 +316,8 @@ def main(argv=None) -> int:
         spread = f" ({lo:.2f}-{hi:.2f})" if len(r["runs"]) > 1 else ""
         print(f"| {r['n']:,} | {r['candidates']:.1%} | {r['lensray_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
               f"{r['ratio']:.2f}{spread} | {r['lensray_peak_pss_gib']:.2f} / {r['lensray_peak_rss_gib']:.2f} | "
-              f"{r['baseline_peak_rss_gib']:.2f} | {unf} |")
+              f"{r['baseline_peak_rss_gib']:.2f} | "
+              f"{' / '.join(f'{q:.2f}' for q in r['lensray_pss_by_quarter_gib'])} | {unf} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "weights": weights,
                                                "results": results}, indent=2))

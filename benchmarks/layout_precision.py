@@ -1,9 +1,9 @@
 """Images/s of each network under the memory layouts and precisions lensray can use, in one run.
 
-    python benchmarks/layout_precision.py [--threads 2] [--batch 64]
+    python benchmarks/layout_precision.py [--threads 2] [--batch 64] [--infer-batch 8]
 
-Training (forward + backward + AdamW step, batch ``--batch``) and inference (batch 256,
-no gradient, test-time averaging off), each as:
+Training (forward + backward + AdamW step, batch ``--batch``) and inference (``--infer-batch``
+rows per pass, as ``predict`` on CPU; no gradient, test-time averaging off), each as:
 
 * ``fp32 NCHW``: PyTorch's default layout;
 * ``fp32 channels-last``: what ``predict`` and the training loop use;
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--infer-batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=8)
     args = ap.parse_args(argv)
 
@@ -71,9 +72,11 @@ def main(argv=None) -> int:
     print("|---|---|" + "---:|" * len(MODES))
     for name, kw in MODELS.items():
         model = create_model(name, **kw)
-        for work, train, batch in (("train", True, args.batch), ("inference", False, 256)):
+        for work, train, batch in (("train", True, args.batch),
+                                   ("inference", False, args.infer_batch)):
             x = torch.randn(batch, 1, 64, 64)
-            rates = [rate(model, x, fmt, bf16, train, args.reps) for _, fmt, bf16 in MODES]
+            reps = args.reps * max(1, 256 // batch) if not train else args.reps  # >= 2k images
+            rates = [rate(model, x, fmt, bf16, train, reps) for _, fmt, bf16 in MODES]
             cells = [f"{r:.0f} ({r / rates[0]:.2f}x)" for r in rates]
             print(f"| `{name}` | {work} | " + " | ".join(cells) + " |", flush=True)
     return 0
