@@ -1,6 +1,6 @@
 """Images/s of each network under the memory layouts and precisions lensray can use, in one run.
 
-    python benchmarks/layout_precision.py [--threads 2] [--batch 64] [--infer-batch 8]
+    python benchmarks/layout_precision.py [--threads 2] [--batch 64] [--infer-batch 8] [--keep-freed-memory]
 
 Training (forward + backward + AdamW step, batch ``--batch``) and inference (``--infer-batch``
 rows per pass, as ``predict`` on CPU; no gradient, test-time averaging off), each as:
@@ -9,7 +9,9 @@ rows per pass, as ``predict`` on CPU; no gradient, test-time averaging off), eac
 * ``fp32 channels-last``: what ``predict`` and the training loop use;
 * ``bf16 channels-last``: ``--precision bf16`` of the training loop (autocast).
 
-Prints a table of images/s and ratios to the default. The speed of bf16 depends on the CPU:
+Prints a table of images/s and ratios to the default. ``--keep-freed-memory`` first tunes the
+allocator as the training loop does (``pipeline._malloc``); glibc cannot be switched back within
+a process, so compare two runs. The speed of bf16 depends on the CPU:
 AVX512-BF16 or AMX make it fast, without them it is emulated and slow.
 """
 
@@ -60,14 +62,23 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--infer-batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="tune glibc's allocator first, as the training loop does")
     args = ap.parse_args(argv)
+
+    if args.keep_freed_memory:
+        from pipeline._malloc import keep_freed_memory
+
+        if not keep_freed_memory():
+            ap.error("--keep-freed-memory needs glibc")
 
     from pipeline.models import create_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {args.threads} threads; images/s (ratio to fp32 NCHW)\n")
+          f"{torch.__version__}, {args.threads} threads"
+          f"{', freed memory kept' if args.keep_freed_memory else ''}; images/s (ratio to fp32 NCHW)\n")
     print("| network | work | " + " | ".join(m for m, _, _ in MODES) + " |")
     print("|---|---|" + "---:|" * len(MODES))
     for name, kw in MODELS.items():

@@ -49,9 +49,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     import ray.train.torch
     import torch
 
+    from pipeline._malloc import keep_freed_memory
     from pipeline.models import create_model, save_checkpoint
     from pipeline.train.augment import augment
 
+    keep_freed_memory()  # no page-faulting the same activation buffers in at every step
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(cfg["threads"]))
