@@ -52,6 +52,7 @@ def build_stages(
     top_fraction: float | None = None,
     batch_size: int = 256,
     checkpoints: dict[str, str | os.PathLike | None] | None = None,
+    precision: str = "fp32",
 ) -> list:
     """Stage specs for the named stages (validated now: bad checkpoints fail before any work)."""
     from pipeline.stages import Denoise, LensDetect, Substructure
@@ -60,11 +61,12 @@ def build_stages(
     unknown = set(stages) - set(STAGE_NAMES) or set(checkpoints) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGE_NAMES)})")
+    common = dict(batch_size=batch_size, precision=precision)
     make = {
-        "denoise": lambda ck: Denoise(ck, batch_size=batch_size),
+        "denoise": lambda ck: Denoise(ck, **common),
         "lens-detect": lambda ck: LensDetect(threshold, top_fraction=top_fraction,
-                                             checkpoint=ck, batch_size=batch_size),
-        "substructure": lambda ck: Substructure(ck, batch_size=batch_size),
+                                             checkpoint=ck, **common),
+        "substructure": lambda ck: Substructure(ck, **common),
     }
     return [make[name](checkpoints.get(name)) for name in stages]
 
@@ -85,6 +87,7 @@ def run_cascade(
     progress: bool = True,
     buffer_gib: float | None = None,
     fuse: bool | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
@@ -105,6 +108,7 @@ def run_cascade(
             least 0.25. Raise it for large multi-band cutouts (a block is one input file).
         fuse: run consecutive stages in one actor pool (None: when the cluster has no GPU;
             see ``pipeline.compose``).
+        precision: "fp32" or "bf16" (autocast) for the model stages built here.
 
     Returns:
         The summary (also written to ``out/summary.json``).
@@ -122,7 +126,8 @@ def run_cascade(
         stage_objs = list(stages)
     else:
         stage_objs = build_stages(stages, threshold=threshold, top_fraction=top_fraction,
-                                  batch_size=batch_size, checkpoints=checkpoints)
+                                  batch_size=batch_size, checkpoints=checkpoints,
+                                  precision=precision)
     pipeline = Pipeline(stage_objs, fuse=fuse)
     files, _ = expand_paths(inputs)
     if len(set(files)) != len(files):

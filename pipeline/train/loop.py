@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.models.inference import PRECISIONS
 from pipeline.models.normalize import DEFAULT_NORMALIZATION
 from pipeline.models.tasks import get_task, model_kwargs
 from pipeline.models.towers import init_network
@@ -35,7 +36,6 @@ DEFAULTS = {
     "train_classes": None,  # train/validate only on rows of these classes (None: all rows)
     "precision": "fp32",  # or "bf16": autocast (2.5x faster on AVX512-BF16 CPUs, measured)
 }
-PRECISIONS = ("fp32", "bf16")
 
 #: default network per stage (what the shipped weights use)
 DEFAULT_MODEL = {"denoise": "unet_denoiser", "lens-detect": "d4_resnet",
