@@ -152,8 +152,8 @@ def test_empty_batch_passes(ckpts):
 
 
 def test_bf16_precision_with_the_shipped_weights_is_close_to_fp32_and_recorded():
-    # The shipped (trained) networks: bf16 keeps their scores (the tiny seeded test networks are
-    # badly conditioned, and in bf16 their outputs collapse: precision is a per-model check).
+    # The shipped (trained) networks: bf16 keeps their scores. (The tiny rescaled test networks
+    # collapse in bf16: whether bf16 is safe is a property of each network.)
     batch = _batch(size=64)
     good = np.ones(12, bool)
     good[[3, 7]] = False
