@@ -291,10 +291,13 @@ def _run_run(args: argparse.Namespace) -> int:
     )
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
-    if args.demo:
-        summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
-    else:
-        summary = run_cascade(args.inputs, args.out, **kwargs)
+    try:  # bad options, checkpoints, inputs or a resumed --out with other options
+        if args.demo:
+            summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
+        else:
+            summary = run_cascade(args.inputs, args.out, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray run: {exc}") from None
     print(json.dumps({k: summary[k] for k in ("inputs", "total", "throughput_rows_per_s",
                                              "timings_s") if k in summary}, indent=2))
     print(f"catalogue: {args.out}/catalog/  errors: {args.out}/errors/  "

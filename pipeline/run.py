@@ -8,6 +8,7 @@ and writes, per input shard (file)::
     OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, stage columns, versions
     OUT/errors/<shard>.parquet    rows that could not be read, with the reason
     OUT/_shards/<shard>.json      written last: the shard is finished (row counts)
+    OUT/_shards/_options.json     what the catalogue was computed with (a rerun must match)
     OUT/summary.json              counts (rows in = catalogue + errors), timings, throughput
     OUT/gallery.png               the top candidates with their scores
 
@@ -136,6 +137,7 @@ def run_cascade(
     keys = {f: shard_key(f) for f in files}
     for sub in (CATALOG, ERRORS, SHARDS):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    _check_same_options(out, _options_spec(stage_objs, bands, size))
     pending = [f for f in files if not (out / SHARDS / f"{keys[f]}.json").is_file()]
 
     writer = _ShardWriter(out, {f: keys[f] for f in pending})
@@ -296,6 +298,40 @@ class _ShardWriter:
     def counts(self) -> dict[str, int]:
         return {k: sum(m[k] for m in self.done.values())
                 for k in ("rows", "good", "errors", "candidates")}
+
+
+def _options_spec(stages, bands, size) -> dict:
+    """What decides the catalogue's values: the stages in order with their options, bands, size
+    (not the device or the batch size, which only decide how fast)."""
+    spec = {"bands": list(bands) if bands is not None else None, "size": size,
+            "stages": [{"stage": type(s).__name__,
+                        "options": {k: v for k, v in s.options.items() if k != "device"}}
+                       for s in stages]}
+    return json.loads(json.dumps(spec, default=str))  # as it reads back from disk
+
+
+def _check_same_options(out: Path, spec: dict) -> None:
+    """A resumed run must compute what the finished shards were computed with: else one
+    catalogue would mix thresholds, checkpoints or precisions without saying so."""
+    path = out / SHARDS / "_options.json"
+    if not path.is_file():
+        _write_json(path, spec)
+        return
+    old, new = _flat(json.loads(path.read_text())), _flat(spec)
+    changed = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now"
+               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(f"{out} was written with other options ({'; '.join(changed)}); rerun "
+                         "with the same options to resume it, or write to a new --out")
+
+
+def _flat(spec: dict) -> dict:
+    """{"bands": ..., "size": ..., "LensDetect.threshold": ..., "stages": "Denoise,LensDetect"}"""
+    flat = {"bands": spec.get("bands"), "size": spec.get("size"),
+            "stages": ",".join(s["stage"] for s in spec.get("stages", []))}
+    for s in spec.get("stages", []):
+        flat.update({f"{s['stage']}.{k}": v for k, v in s["options"].items()})
+    return flat
 
 
 def _string_nulls(table):

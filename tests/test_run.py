@@ -104,6 +104,22 @@ def test_rerun_skips_finished_shards_without_duplicates(first_run, field, ckpts,
     assert again["inputs"]["processed"] == 0 and again["this_run"]["rows"] == 0
 
 
+def test_rerun_with_other_options_is_refused(first_run, field, ckpts, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(first_run[0], out)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="other options") as err:
+        _run([field[0]], out, ckpts, threshold=0.9, gallery=0)  # first run: 0.6
+    assert "0.9" in str(err.value) and "0.6" in str(err.value)
+    with pytest.raises(ValueError, match="other options"):
+        _run([field[0]], out, ckpts, gallery=0, precision="bf16")
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit, match="^lensray run: .* was written with other options"):
+        main(["run", str(field[0]), "--out", str(out), "--no-progress", "--threshold", "0.9"])
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing was touched
+
+
 def _actor_processes(stage: str) -> dict[int, str]:
     """pid -> process title of our own Ray Data actors of ``stage`` (descendants of this
     process only: other Ray instances on the machine are left alone)."""
