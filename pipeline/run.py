@@ -302,11 +302,15 @@ class _ShardWriter:
 
 def _options_spec(stages, bands, size) -> dict:
     """What decides the catalogue's values: the stages in order with their options, bands, size
-    (not the device or the batch size, which only decide how fast)."""
+    (not the device; the batch size only where a per-batch top fraction makes it count)."""
+    def options(stage) -> dict:
+        opts = {k: v for k, v in stage.options.items() if k != "device"}
+        if opts.get("top_fraction") is not None:
+            opts["batch_size"] = stage.batch_size
+        return opts
+
     spec = {"bands": list(bands) if bands is not None else None, "size": size,
-            "stages": [{"stage": type(s).__name__,
-                        "options": {k: v for k, v in s.options.items() if k != "device"}}
-                       for s in stages]}
+            "stages": [{"stage": type(s).__name__, "options": options(s)} for s in stages]}
     return json.loads(json.dumps(spec, default=str))  # as it reads back from disk
 
 
