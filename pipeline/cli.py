@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.precision import PRECISIONS
+
 # ----------------------------------------------------------------------------- sub-commands
 # (add new sub-commands below as _add_x/_run_x pairs and list them in COMMANDS)
 
@@ -80,7 +82,7 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-classes", nargs="+", default=None, metavar="CLASS",
                    help="train and validate only on rows of these classes (e.g. vortex, for "
                         "the shipped two_tower's axion-mass regressor)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="bf16: autocast matmuls/convs to bfloat16 (2.5x faster d4_resnet training "
                         "on an AVX512-BF16 CPU, measured; also recent GPUs; default fp32)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
@@ -253,7 +255,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256,
                    help="rows per batch handed to a stage actor (the networks run them in "
                    "forward passes of 8 rows on CPU, 512 on a GPU)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the networks to bfloat16, faster on CPUs with "
                    "AVX512-BF16/AMX and on GPUs (same test metrics; single scores can move)")
     p.add_argument("--stages", default="denoise,lens-detect,substructure",

@@ -301,16 +301,18 @@ class _ShardWriter:
 
 
 def _options_spec(stages, bands, size) -> dict:
-    """What decides the catalogue's values: the stages in order with their options, bands, size
-    (not the device; the batch size only where a per-batch top fraction makes it count)."""
-    def options(stage) -> dict:
+    """What decides the catalogue's values, one key per setting ("LensDetect.threshold"): the
+    stages in order with their options, bands and size (not the device; the batch size only
+    where a per-batch top fraction makes it count)."""
+    names = [type(s).__name__ for s in stages]
+    spec = {"bands": list(bands) if bands is not None else None, "size": size,
+            "stages": ",".join(names)}
+    for i, (name, stage) in enumerate(zip(names, stages, strict=True)):
+        label = name if names.count(name) == 1 else f"{name}#{i + 1}"  # chained denoisers
         opts = {k: v for k, v in stage.options.items() if k != "device"}
         if opts.get("top_fraction") is not None:
             opts["batch_size"] = stage.batch_size
-        return opts
-
-    spec = {"bands": list(bands) if bands is not None else None, "size": size,
-            "stages": [{"stage": type(s).__name__, "options": options(s)} for s in stages]}
+        spec.update({f"{label}.{k}": v for k, v in opts.items()})
     return json.loads(json.dumps(spec, default=str))  # as it reads back from disk
 
 
@@ -321,21 +323,12 @@ def _check_same_options(out: Path, spec: dict) -> None:
     if not path.is_file():
         _write_json(path, spec)
         return
-    old, new = _flat(json.loads(path.read_text())), _flat(spec)
-    changed = [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now"
-               for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    old = json.loads(path.read_text())
+    changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
+               for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
     if changed:
         raise ValueError(f"{out} was written with other options ({'; '.join(changed)}); rerun "
                          "with the same options to resume it, or write to a new --out")
-
-
-def _flat(spec: dict) -> dict:
-    """{"bands": ..., "size": ..., "LensDetect.threshold": ..., "stages": "Denoise,LensDetect"}"""
-    flat = {"bands": spec.get("bands"), "size": spec.get("size"),
-            "stages": ",".join(s["stage"] for s in spec.get("stages", []))}
-    for s in spec.get("stages", []):
-        flat.update({f"{s['stage']}.{k}": v for k, v in s["options"].items()})
-    return flat
 
 
 def _string_nulls(table):

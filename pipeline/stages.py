@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.io import schema
+from pipeline.precision import check_precision
 
 CANDIDATE = "is_candidate"  # bool column written by LensDetect, read by Substructure
 
@@ -183,15 +184,11 @@ class ModelStage(Stage):
 
     def __init__(self, checkpoint: str | Path | None = None, *, device: str | None = None,
                  precision: str = "fp32", **resources):
-        from pipeline.models.inference import PRECISIONS
-
         super().__init__(**resources)
         if checkpoint is not None:
             checkpoint = str(Path(checkpoint).expanduser().resolve())
             self._check_checkpoint(Path(checkpoint))
-        if precision not in PRECISIONS:
-            raise ValueError(f"{type(self).__name__}: precision must be one of {PRECISIONS}, "
-                             f"got {precision!r}")
+        check_precision(precision, type(self).__name__)
         self.options.update(checkpoint=checkpoint, device=device, precision=precision)
         self.model = self.config = None
 

@@ -8,15 +8,12 @@ import torch.nn as nn
 
 from pipeline.models.normalize import normalize
 from pipeline.models.tasks import get_task
+from pipeline.precision import check_precision
 
 
 def default_device() -> torch.device:
     """CUDA when available, else CPU (chosen at run time)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-#: numeric precisions of the networks' matmuls/convolutions (bf16: autocast to bfloat16)
-PRECISIONS = ("fp32", "bf16")
 
 
 def default_chunk(device: torch.device) -> int:
@@ -56,8 +53,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     (None: :func:`default_chunk` of the device). ``precision="bf16"`` autocasts the network to
     bfloat16 (faster where the hardware has it; outputs are float32 either way).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     task = get_task(config["task"])
     x = check_images(images, config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -66,6 +62,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     model = model.to(device, memory_format=torch.channels_last).eval()
     z, sky, noise = normalize(x, config["normalization"])
     outs = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for i in range(0, len(z), batch_size):
         chunk = z[i : i + batch_size]
         n = len(chunk)
@@ -76,7 +73,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
         if padded > n:
             chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), chunk.dtype)])
         xb = torch.from_numpy(chunk).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast:
             out = model(xb)
         outs.append(out[:n].float().cpu().numpy())
     if outs:

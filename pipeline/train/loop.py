@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.models.inference import PRECISIONS
 from pipeline.models.normalize import DEFAULT_NORMALIZATION
 from pipeline.models.tasks import get_task, model_kwargs
 from pipeline.models.towers import init_network
+from pipeline.precision import check_precision
 
 #: defaults of the training recipe (every key can be overridden from the CLI / Tune)
 DEFAULTS = {
@@ -183,8 +183,8 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
     unknown = set(recipe) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown training options {sorted(unknown)} (known: {sorted(DEFAULTS)})")
-    if recipe.get("precision") not in (None, *PRECISIONS):
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {recipe['precision']!r}")
+    if recipe.get("precision") is not None:
+        check_precision(recipe["precision"])
     if model == "two_tower" and not recipe.get("init"):
         raise ValueError("two_tower starts from a trained classifier: pass init=<a substructure "
                          "checkpoint of its tower network> (--init)")
