@@ -231,9 +231,8 @@ def _run_read(args: argparse.Namespace) -> int:
     ds = read_cutouts(args.inputs, bands=args.bands, size=args.size, strict=args.strict)
     try:
         rows, counts = summarize(ds, progress=not args.no_progress)
-    except CutoutReadError as exc:  # --strict; Ray wraps it in a traceback: keep our message
-        lines = [x for x in str(exc).splitlines() if "CutoutReadError: " in x] or [str(exc)]
-        raise SystemExit(f"lensray read: {lines[-1].split('CutoutReadError: ', 1)[-1]}") from None
+    except CutoutReadError as exc:  # --strict
+        raise SystemExit(f"lensray read: {exc.unwrapped()}") from None
     print(format_table(rows, counts, args.limit))
     return 0
 

@@ -12,6 +12,10 @@ memory. Separate pools only pay off when stages need different hardware (a GPU s
 on CPUs they cost an object-store hop and an Arrow conversion per stage and split the cores
 into pools that wait on each other. ``Pipeline(..., fuse=False)`` keeps one pool per stage.
 
+:meth:`Pipeline.run_files` goes one step further when everything fuses into one CPU pool: the
+dataset holds only file names and each :class:`ReadChain` actor reads its own files, so no read
+task competes with the models for the cores and no image ever enters the object store.
+
 Ray Data restarts an actor that dies and
 retries its batches (its actor pools default to ``max_restarts=-1, max_task_retries=-1``), so a
 lost actor costs time, not rows.
@@ -102,10 +106,53 @@ class Pipeline:
             ds = ds.map_batches(type(stage), **args)
         return ds
 
+    def run_files(
+        self,
+        paths,
+        *,
+        bands: Sequence[str] | None = None,
+        size: int | None = None,
+        strict: bool = False,
+        drop: Sequence[str] = (),
+    ):
+        """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs), as
+        ``run(read_cutouts(paths, bands, size, strict=strict), drop=drop)`` gives them, in the
+        same order (lazy too).
+
+        When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
+        files themselves; otherwise (GPUs, ``fuse=False``, stages with their own resources)
+        Ray Data's read tasks feed the pools.
+        """
+        import ray
+
+        from pipeline.io import ReadOptions, read_cutouts
+        from pipeline.io.reader import expand_paths, group_files
+
+        resources = ray.cluster_resources()
+        groups = self.groups(resources)
+        fused = len(groups) == 1 and self._fuses(resources) and all(map(_open, self.stages))
+        if not fused:
+            return self.run(read_cutouts(paths, bands, size, strict=strict), drop=drop)
+        files, fs = expand_paths(paths)
+        options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
+                              strict=strict)
+        args = self.map_args(ReadChain(self.stages, read=options, filesystem=fs), resources)
+        args["batch_size"] = 1  # one group of files per call
+        # A few groups per CPU: every actor gets work and the last group is a short wait.
+        work = group_files(files, fs, parts=4 * max(1, int(resources.get("CPU", 1))))
+        pool = args["compute"]
+        if pool.min_size > len(work):  # no more actors than groups to give them
+            args["compute"] = ray.data.ActorPoolStrategy(size=len(work))
+        ds = ray.data.from_items([{"paths": g} for g in work], override_num_blocks=len(work))
+        return ds.map_batches(ReadChain, fn_kwargs={"drop": list(drop)}, **args)
+
+    def _fuses(self, cluster: dict[str, float]) -> bool:
+        return self.fuse if self.fuse is not None else not cluster.get("GPU", 0)
+
     def groups(self, cluster: dict[str, float]) -> list[list[Stage]]:
         """The stages in runs that share one actor pool: consecutive stages with open resources
         are fused when ``fuse`` is True, or (``fuse=None``) when the cluster has no GPU."""
-        fuse = self.fuse if self.fuse is not None else not cluster.get("GPU", 0)
+        fuse = self._fuses(cluster)
         out: list[list[Stage]] = []
         for stage in self.stages:
             if fuse and out and _open(stage) and _open(out[-1][-1]):
@@ -122,7 +169,8 @@ class Pipeline:
           per GPU at most, autoscaled from one; 1 CPU per actor.
         - CPU only, fused :class:`Chain`: one single-threaded actor per CPU from the start, each
           reserving half a CPU so the read tasks keep the other half (Ray Data's autoscaler
-          kept a single actor: half the machine idle, 0.58x the single-process loop).
+          kept a single actor: half the machine idle, 0.58x the single-process loop); a
+          :class:`ReadChain` does its own reads, so it reserves a whole CPU.
         - CPU only, separate pools: fractional CPUs (a quarter of the cluster's CPUs split over
           the pools), autoscaled from one actor up to the CPU count. Whole-CPU actors on 2 CPUs
           would take every CPU and Ray would wait forever for the reads.
@@ -143,7 +191,7 @@ class Pipeline:
         elif num_gpus:
             num_cpus = 1.0
         elif fused_cpu:  # one actor per CPU at half a CPU each: half the CPUs stay for reads
-            num_cpus = 0.5
+            num_cpus = 1.0 if isinstance(stage, ReadChain) else 0.5
         else:
             num_cpus = round(min(1.0, cpus / (4 * len(pools))), 3)
         if stage.actors is not None:
@@ -192,3 +240,32 @@ class Chain(Stage):
 
     def __repr__(self) -> str:
         return f"Chain({self.members!r})"
+
+
+class ReadChain(Chain):
+    """A :class:`Chain` that reads its own input: each call gets a group of FITS file names,
+    reads every file (:func:`pipeline.io.read_fits_file`), runs the stages over it in slices
+    of the largest stage batch size and yields that file's rows (without ``drop`` columns).
+
+    Built by :meth:`Pipeline.run_files`; one file's rows stay together and in order.
+    """
+
+    def __init__(self, stages, *, read, filesystem=None, rows: int | None = None):
+        super().__init__(stages)
+        self.read, self.filesystem = read, filesystem
+        self.rows = rows or self.batch_size  # the driver's copy knows the stages' batch sizes
+        self.options = {**self.options, "read": read, "filesystem": filesystem, "rows": self.rows}
+
+    def __call__(self, batch: dict, drop: Sequence[str] = ()):
+        import numpy as np
+
+        from pipeline.io import read_fits_file
+
+        for paths in batch["paths"]:
+            for path in paths:
+                rows = read_fits_file(str(path), self.read, self.filesystem)
+                parts = []
+                for i in range(0, len(rows[schema.ID]), self.rows):
+                    parts.append(super().__call__({k: v[i:i + self.rows] for k, v in rows.items()}, drop))
+                if parts:
+                    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

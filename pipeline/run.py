@@ -2,7 +2,7 @@
 
     run_cascade(["survey/*.fits"], "out/")      # = lensray run survey/*.fits --out out/
 
-Reads with :func:`pipeline.io.read_cutouts`, streams through :class:`pipeline.compose.Pipeline`
+Streams the files through :meth:`pipeline.compose.Pipeline.run_files` (read, then the stages)
 and writes, per input shard (file)::
 
     OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, stage columns, versions
@@ -184,7 +184,7 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
-    from pipeline.io import read_cutouts
+    from pipeline.io import CutoutReadError
 
     ray = ensure_ray()
     ctx = ray.data.DataContext.get_current()
@@ -197,8 +197,7 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = read_cutouts(files, bands=bands, size=size, strict=strict)
-        ds = pipeline.run(ds, drop=[schema.IMAGE])
+        ds = pipeline.run_files(files, bands=bands, size=size, strict=strict, drop=[schema.IMAGE])
         bar = tqdm(total=len(files), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -210,6 +209,8 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
         writer.close()
         bar.update(len(writer.done) - before)
         bar.close()
+    except CutoutReadError as exc:  # strict: the file and reason, not Ray's remote traceback
+        raise exc.unwrapped() from None
     finally:
         options.preserve_order, options.resource_limits, ctx.enable_progress_bars = saved
 

@@ -163,3 +163,49 @@ def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts, fuse):
 
     raw = predict(*load_checkpoint(ckpts["lens-detect"]), make_images(40, seed=7)[~bad])["p_lens"]
     assert not np.allclose(raw, p[~bad], atol=1e-3)
+
+
+def test_run_files_reads_inside_the_fused_actor_with_the_same_rows_as_read_tasks(
+    ray_local, ckpts, data_dir, tmp_path
+):
+    """On a CPU cluster the fused actor reads its own files; the result is what read tasks +
+    separate pools give: real survey cutouts (some unreadable in VIS), cube shards with their
+    labels, a broken file, a custom stage."""
+    import shutil
+
+    from _cascade import make_shards
+
+    shutil.copytree(data_dir / "real", tmp_path / "in")
+    make_shards(tmp_path / "in" / "cubes", [20, 7])
+    (tmp_path / "in" / "broken.fits").write_bytes(b"SIMPLE  = T  truncated")
+
+    def run(fuse):
+        pipe = Pipeline(fuse=fuse, stages=[
+            Denoise(checkpoint=ckpts["denoise"], batch_size=8),
+            LensDetect(threshold=0.5, checkpoint=ckpts["lens-detect"], batch_size=16),
+            Flux(batch_size=16),
+            Substructure(checkpoint=ckpts["substructure"], batch_size=8),
+        ])
+        ds = pipe.run_files(tmp_path / "in", bands=["VIS"], size=32, drop=["image"])
+        return str(ds), ds.to_pandas().sort_values("id").reset_index(drop=True)
+
+    plan, fused = run(True)
+    plan_sep, separate = run(False)
+    assert plan.startswith("MapBatches(ReadChain)") and "Denoise" not in plan, plan
+    assert "ReadChain" not in plan_sep and "MapBatches(Denoise)" in plan_sep, plan_sep
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.reader import expand_paths
+
+    files, _ = expand_paths(tmp_path / "in")
+    plain = [read_fits_file(f, ReadOptions(bands=("VIS",), size=32)) for f in files]
+    assert len(fused) == sum(len(b["id"]) for b in plain) > 27 + 1  # every row, once
+    assert sorted(fused.columns) == sorted(separate.columns) and "image" not in fused.columns
+    assert list(fused["id"]) == list(separate["id"]) and fused["id"].is_unique
+    bad = fused["error"].notna() & (fused["error"] != "")
+    assert list(bad) == list(separate["error"].notna() & (separate["error"] != ""))
+    assert any("broken.fits" in e for e in fused["error"][bad])
+    good = ~bad
+    for col in ("p_lens", "flux", "p_cdm"):
+        np.testing.assert_allclose(fused[col].astype(float), separate[col].astype(float),
+                                   rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert np.isfinite(fused["p_lens"].astype(float)[good]).all()

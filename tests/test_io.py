@@ -451,3 +451,21 @@ def test_lensray_read_cli_rejects_bad_input_before_starting_ray(tmp_path):
         main(["read", str(tmp_path / "nothing.fits")])
     with pytest.raises(SystemExit, match="size must be a positive integer"):
         main(["read", str(tmp_path), "--size", "0"])
+
+
+def test_group_files_keeps_order_puts_big_files_alone_and_feeds_every_worker(tmp_path):
+    from pyarrow.fs import LocalFileSystem
+
+    from pipeline.io.reader import group_files
+
+    sizes = [10, 10, 10, 5 << 20, 10, 10, 3 << 20, 2 << 20]  # bytes
+    files = []
+    for i, n in enumerate(sizes):
+        (tmp_path / f"f{i}.fits").write_bytes(b"\0" * n)
+        files.append(str(tmp_path / f"f{i}.fits"))
+    files.append(str(tmp_path / "missing.fits"))  # counts as empty: it becomes an error row later
+    groups = group_files(files, LocalFileSystem(), parts=1)
+    assert [f for g in groups for f in g] == files  # every file once, in order
+    assert [len(g) for g in groups] == [3, 1, 3, 2]  # up to 4 MiB per group; a bigger file alone
+    assert len(group_files(files[:3], LocalFileSystem(), parts=3)) == 3  # 3 workers, 3 groups
+    assert len(group_files(files[:3], LocalFileSystem(), parts=1)) == 1

@@ -120,6 +120,22 @@ def test_rerun_with_other_options_is_refused(first_run, field, ckpts, tmp_path):
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing was touched
 
 
+def test_strict_run_stops_at_the_bad_file_with_a_one_line_reason(field, ckpts, tmp_path):
+    from pipeline.io import CutoutReadError
+
+    with pytest.raises(CutoutReadError) as err:
+        _run([field[0]], tmp_path / "out", ckpts, stages=["lens-detect"], gallery=0, strict=True)
+    message = str(err.value)
+    assert message.startswith(str(field[0] / "broken.fits") + ": not a readable FITS file")
+    assert "\n" not in message and "Traceback" not in message
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit, match=r"^lensray run: \S+/broken.fits: not a readable FITS"):
+        main(["run", str(field[0]), "--out", str(tmp_path / "cli"), "--strict", "--no-progress",
+              "--stages", "lens-detect", "--lens-detect-checkpoint", str(ckpts["lens-detect"]),
+              "--bands", *BANDS, "--size", str(SIZE)])
+
+
 def _actor_processes(stage: str) -> dict[int, str]:
     """pid -> process title of our own Ray Data actors of ``stage`` (descendants of this
     process only: other Ray instances on the machine are left alone)."""
@@ -153,7 +169,7 @@ def test_killing_a_stage_actor_mid_run_loses_no_row(ray_local, ckpts, tmp_path):
     killed, restarted = None, False
     deadline = time.time() + 240
     while thread.is_alive() and time.time() < deadline:
-        procs = _actor_processes("LensDetect")
+        procs = _actor_processes("ReadChain")  # the fused actor that reads and detects
         if killed is None:
             # Kill the actor's process while it runs a batch (its title ends in ".submit").
             busy = [pid for pid, title in procs.items() if ".submit" in title]

@@ -50,6 +50,12 @@ _CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra byte
 class CutoutReadError(ValueError):
     """A file or cutout could not be read (raised only with ``strict=True``)."""
 
+    def unwrapped(self) -> CutoutReadError:
+        """This error with only our message: raised in a Ray task, it arrives as a
+        ``RayTaskError(CutoutReadError)`` whose message is the whole remote traceback."""
+        lines = [x for x in str(self).splitlines() if "CutoutReadError: " in x]
+        return CutoutReadError(lines[-1].split("CutoutReadError: ", 1)[1]) if lines else self
+
 
 class _Reason(Exception):
     """Why a file or cutout is unreadable (becomes the text after '<source>: ')."""
@@ -143,31 +149,59 @@ def decode_fits(
     return batch
 
 
-def read_fits_file(path: str, options: ReadOptions | None = None) -> dict[str, np.ndarray]:
-    """Read a local FITS file into a batch of rows (plain Python, no Ray): bytes in, handle closed."""
-    import os
+def read_fits_file(
+    path: str, options: ReadOptions | None = None, filesystem: Any = None
+) -> dict[str, np.ndarray]:
+    """Read one FITS file into a batch of rows (plain Python, no Ray): bytes in, handle closed.
 
+    ``path`` is a local path or a URI (``s3://``, ``gs://``: opened through ``pyarrow.fs``);
+    ``filesystem`` is a ``pyarrow.fs.FileSystem`` to open it with instead (e.g. the one
+    :func:`pipeline.io.reader.expand_paths` returned). A cube shard's sibling Parquet catalogue
+    is read from the same place. An unopenable file is an error row (or raises, if strict).
+    """
     options = options or ReadOptions()
+    source = str(path)
+    fs, where = _locate(source, filesystem)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        if fs is None:
+            with open(where, "rb") as f:
+                data = f.read()
+        else:
+            with fs.open_input_stream(where) as f:
+                data = f.read()
     except OSError as exc:
-        batch = _file_error_batch(
-            str(path), file_stem(str(path)), f"cannot open ({exc.strerror})", options
-        )
+        reason = f"cannot open ({exc.strerror or exc})"
+        batch = _file_error_batch(source, file_stem(source), reason, options)
         if options.strict:
             raise CutoutReadError(batch[schema.ERROR][0]) from exc
         return batch
+    return decode_fits(data, source, options, lambda: read_sidecar(where, fs))
 
-    def sidecar():
-        parquet = sibling_parquet(str(path))
-        if not os.path.exists(parquet):
-            return None
-        import pyarrow.parquet as pq
 
-        return pq.read_table(parquet)
+def read_sidecar(path: str, filesystem: Any = None):
+    """The Parquet catalogue next to cube shard ``path`` as a ``pyarrow.Table``, or None.
 
-    return decode_fits(data, str(path), options, sidecar)
+    ``path`` is as ``filesystem`` names it (no URI scheme); None: the local filesystem."""
+    import pyarrow.parquet as pq
+    from pyarrow.fs import FileType, LocalFileSystem
+
+    parquet = sibling_parquet(path)
+    fs = filesystem or LocalFileSystem()
+    fs = fs.unwrap() if hasattr(fs, "unwrap") else fs  # Ray wraps fsspec filesystems
+    if fs.get_file_info(parquet).type != FileType.File:
+        return None
+    return pq.read_table(parquet, filesystem=fs)
+
+
+def _locate(source: str, filesystem: Any) -> tuple[Any, str]:
+    """(pyarrow filesystem or None for a plain local open, path on it) for a path or URI."""
+    if "://" not in source:
+        return filesystem, source
+    if filesystem is None:
+        from pyarrow.fs import FileSystem
+
+        return FileSystem.from_uri(source)
+    return filesystem, source.split("://", 1)[1]
 
 
 def sibling_parquet(path: str) -> str:

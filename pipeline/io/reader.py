@@ -18,7 +18,7 @@ import numpy as np
 from ray.data.datasource import FileBasedDatasource
 
 from pipeline.io import schema
-from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, decode_fits, sibling_parquet
+from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, decode_fits, read_sidecar
 
 if TYPE_CHECKING:
     import pyarrow
@@ -44,7 +44,7 @@ class FitsDatasource(FileBasedDatasource):
         # Yields NumPy batches, not blocks: get_read_tasks groups a task's small files into
         # one Arrow block (building a block costs ~2 ms, more than decoding a 64x64 file).
         source = path if "://" in path else self._scheme + path
-        yield decode_fits(f.read(), source, self._options, lambda: self._sidecar(path))
+        yield decode_fits(f.read(), source, self._options, lambda: read_sidecar(path, self._filesystem))
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
         from ray.data.datasource import ReadTask
@@ -55,17 +55,6 @@ class FitsDatasource(FileBasedDatasource):
         return [
             ReadTask(_grouped(t.read_fn), t.metadata, t.schema, t.per_task_row_limit) for t in tasks
         ]
-
-    def _sidecar(self, path: str):
-        """The cube shard's sibling Parquet catalogue, or None."""
-        import pyarrow.parquet as pq
-        from pyarrow.fs import FileType
-
-        parquet = sibling_parquet(path)
-        fs = self._filesystem.unwrap() if hasattr(self._filesystem, "unwrap") else self._filesystem
-        if fs.get_file_info(parquet).type != FileType.File:
-            return None
-        return pq.read_table(parquet, filesystem=fs)
 
 
 def _grouped(read_fn):
@@ -185,6 +174,26 @@ def expand_paths(
             raise FileNotFoundError(f"{given}: no FITS files found (suffixes {FITS_SUFFIXES})")
         out.extend(found)
     return out, filesystem
+
+
+def group_files(files: Sequence[str], filesystem: pyarrow.fs.FileSystem, parts: int) -> list[list[str]]:
+    """``files`` in order, in runs of neighbours that make one unit of work each: a file of
+    _SMALL_BYTES or more alone, smaller files together up to that size, and runs no bigger than
+    1/``parts`` of all bytes (so ``parts`` workers all get some). Unlistable files count as 0."""
+    from pyarrow.fs import FileType
+
+    infos = filesystem.get_file_info([_strip_scheme(f) if "://" in f else f for f in files])
+    sizes = [i.size if i.type == FileType.File else 0 for i in infos]
+    cap = max(1, min(_SMALL_BYTES, sum(sizes) // max(1, parts)))
+    groups: list[list[str]] = []
+    held = cap  # bytes in the last group: start a new one at once
+    for path, size in zip(files, sizes, strict=True):
+        if held + size > cap:
+            groups.append([])
+            held = 0
+        groups[-1].append(path)
+        held += size
+    return groups
 
 
 def _strip_scheme(uri: str) -> str:
