@@ -145,7 +145,9 @@ class PeakMemory:
                 for q in (0.25, 0.5, 0.75, 1.0)]
 
     def _loop(self):
-        while not self._stop.wait(0.5):
+        # Every 2 s: one sample reads smaps_rollup of ~10 Ray processes, ~27 ms of CPU; at 2 Hz
+        # that slowed the cascade it measured by ~5% (the loop's own sample costs ~3 ms).
+        while not self._stop.wait(2.0):
             self._sample()
 
     def __enter__(self):
@@ -216,41 +218,55 @@ def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_s
     return summary["this_run"]["rows"], summary["this_run"]["candidates"]
 
 
-def measure(n: int, field: list[Path], workdir: Path, ckpts: dict, args) -> dict:
-    """One paired run: the loop, then the cascade on a fresh local Ray."""
+def measure(n: int, field: list[Path], workdir: Path, ckpts: dict, args, lensray_first: bool) -> dict:
+    """One paired run: the loop and the cascade (on a fresh local Ray), in the given order
+    (repeats alternate it, so neither side always runs on a warmer machine)."""
     import logging
 
     import ray
 
     for d in ("out-base", "out-ray", "out-unfused"):
         shutil.rmtree(workdir / f"{d}-{n}", ignore_errors=True)
-    with PeakMemory(children=False) as mem_b:
-        t = time.perf_counter()
-        rows_b = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
-        dt_b = time.perf_counter() - t
-    # A fresh local Ray per run: each peak is that run's own (the object store keeps the pages
-    # an earlier run touched).
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    with PeakMemory(children=True) as mem_r:
-        t = time.perf_counter()
-        rows_r, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold,
-                                args.batch_size, buffer_gib=args.buffer_gib)
-        dt_r = time.perf_counter() - t
+
+    def run_loop():
+        with PeakMemory(children=False) as mem:
+            t = time.perf_counter()
+            rows = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
+            return rows, time.perf_counter() - t, mem
+
+    def run_lensray():
+        # A fresh local Ray per run: each peak is that run's own (the object store keeps the
+        # pages an earlier run touched).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        with PeakMemory(children=True) as mem:
+            t = time.perf_counter()
+            rows, cands = cascade(field, workdir / f"out-ray-{n}", ckpts, args.threshold,
+                                  args.batch_size, buffer_gib=args.buffer_gib)
+            dt = time.perf_counter() - t
+        unfused = None
+        if args.unfused:
+            t = time.perf_counter()
+            rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
+                                args.batch_size, fuse=False, buffer_gib=args.buffer_gib)
+            unfused = rows_u / (time.perf_counter() - t)
+        ray.shutdown()
+        return rows, cands, dt, mem, unfused
+
+    if lensray_first:
+        rows_r, cands, dt_r, mem_r, unfused = run_lensray()
+        rows_b, dt_b, mem_b = run_loop()
+    else:
+        rows_b, dt_b, mem_b = run_loop()
+        rows_r, cands, dt_r, mem_r, unfused = run_lensray()
     assert rows_b == rows_r == n, (rows_b, rows_r, n)
-    unfused = None
-    if args.unfused:
-        t = time.perf_counter()
-        rows_u, _ = cascade(field, workdir / f"out-unfused-{n}", ckpts, args.threshold,
-                            args.batch_size, fuse=False, buffer_gib=args.buffer_gib)
-        unfused = rows_u / (time.perf_counter() - t)
-    ray.shutdown()
     return {"n": n, "lensray_per_s": rows_r / dt_r, "baseline_per_s": rows_b / dt_b,
             "unfused_per_s": unfused, "ratio": (rows_r / dt_r) / (rows_b / dt_b),
             "candidates": cands / n, "lensray_peak_rss_gib": mem_r.rss / 2**30,
             "lensray_peak_pss_gib": mem_r.pss / 2**30, "baseline_peak_rss_gib": mem_b.rss / 2**30,
             "lensray_pss_by_quarter_gib": mem_r.quarters(),
-            "lensray_s": dt_r, "baseline_s": dt_b}
+            "lensray_s": dt_r, "baseline_s": dt_b, "lensray_first": lensray_first}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -259,6 +275,8 @@ def summarise(runs: list[dict]) -> dict:
     out = {}
     for key, value in runs[0].items():
         values = [r[key] for r in runs]
+        if key == "lensray_first":
+            continue  # per run only
         if value is None or key == "n":
             out[key] = value
         elif isinstance(value, list):
@@ -295,7 +313,8 @@ def main(argv=None) -> int:
     results = []
     for n in args.n:
         field = make_field(workdir / f"field-{n}", n)
-        runs = [measure(n, field, workdir, ckpts, args) for _ in range(args.repeat)]
+        runs = [measure(n, field, workdir, ckpts, args, lensray_first=bool(i % 2))
+                for i in range(args.repeat)]
         results.append(summarise(runs))
         print(json.dumps(results[-1]), flush=True)  # partial results of a long run
         if not args.keep:

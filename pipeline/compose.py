@@ -244,10 +244,11 @@ class Chain(Stage):
 
 class ReadChain(Chain):
     """A :class:`Chain` that reads its own input: each call gets a group of FITS file names,
-    reads every file (:func:`pipeline.io.read_fits_file`), runs the stages over it in slices
-    of the largest stage batch size and yields that file's rows (without ``drop`` columns).
+    reads them (:func:`pipeline.io.read_fits_file`), runs the stages over their rows in slices
+    of the largest stage batch size (small files share slices) and yields the rows without
+    the ``drop`` columns, in file order.
 
-    Built by :meth:`Pipeline.run_files`; one file's rows stay together and in order.
+    Built by :meth:`Pipeline.run_files`.
     """
 
     def __init__(self, stages, *, read, filesystem=None, rows: int | None = None):
@@ -260,12 +261,14 @@ class ReadChain(Chain):
         import numpy as np
 
         from pipeline.io import read_fits_file
+        from pipeline.io.reader import merge_batches
 
         for paths in batch["paths"]:
-            for path in paths:
-                rows = read_fits_file(str(path), self.read, self.filesystem)
+            files = (read_fits_file(str(p), self.read, self.filesystem) for p in paths)
+            for rows in merge_batches(files):
                 parts = []
                 for i in range(0, len(rows[schema.ID]), self.rows):
-                    parts.append(super().__call__({k: v[i:i + self.rows] for k, v in rows.items()}, drop))
+                    part = {k: v[i:i + self.rows] for k, v in rows.items()}
+                    parts.append(super().__call__(part, drop))
                 if parts:
                     yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -8,10 +8,11 @@ whole into memory and parsed there (no memmap), so open handles never pile up.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -84,6 +85,13 @@ def _grouped(read_fn):
             yield _fix_types(BlockAccessor.batch_to_block(_concat(pending)))
 
     return read_blocks
+
+
+def merge_batches(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Runs of consecutive batches with the same columns, each as one batch (order kept):
+    many one-cutout files make full model batches."""
+    for _, run in itertools.groupby(batches, key=_kind):
+        yield _concat(list(run))
 
 
 def _kind(batch: dict[str, np.ndarray]) -> tuple:
