@@ -5,8 +5,9 @@
 For each N it writes N 64x64 one-band cutouts (sky noise + a Gaussian galaxy, cheap to make)
 as FITS cube shards of 1,000 with ``write_cube_shard``, then measures in one run:
 
-* **lensray**: ``run_cascade`` (read_cutouts -> Denoise -> LensDetect -> Substructure on
-  candidates -> per-shard Parquet) on an embedded local Ray using every core;
+* **lensray**: ``run_cascade`` (read -> Denoise -> LensDetect -> Substructure on candidates
+  -> per-shard Parquet; on CPUs one pool of actors that read their own files) on an embedded
+  local Ray using every core;
 * **baseline**: one Python process, same cores (torch threads = cores): for each shard,
   astropy read (``read_fits_file``, the reader's own decode) -> the same three models with
   ``predict`` -> the same candidate cut -> one Parquet file per shard.
@@ -16,7 +17,7 @@ plus every Ray worker for lensray, PSS and RSS; the process for the baseline). T
 weights when present, else freshly initialised networks of the same architectures (speed does
 not depend on the weights); ``--models small`` swaps in light networks, where the cascade's own
 overhead weighs most. ``--repeat R`` makes R paired runs per size and reports medians: on a
-2-core machine one run's ratio varies by about +-0.05.
+2-core machine one run's ratio varies by up to +-0.1 at 10^4.
 """
 
 from __future__ import annotations

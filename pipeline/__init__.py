@@ -1,10 +1,10 @@
 """lensray: survey-scale strong-lens pipeline on Ray.
 
-The main road is ``read_cutouts -> Pipeline([Denoise(), LensDetect(), Substructure()]) -> catalogue``::
+The main road is ``FITS files -> Pipeline([Denoise(), LensDetect(), Substructure()]) -> catalogue``::
 
     import pipeline as lp
-    ds = lp.read_cutouts("cutouts/*.fits", bands=["VIS"], size=64)
-    cat = lp.Pipeline([lp.Denoise(), lp.LensDetect(threshold=0.9), lp.Substructure()]).run(ds)
+    pipe = lp.Pipeline([lp.Denoise(), lp.LensDetect(threshold=0.9), lp.Substructure()])
+    cat = pipe.run_files("cutouts/*.fits", bands=["VIS"], size=64)   # or pipe.run(read_cutouts(...))
 
 Heavy imports (Ray, torch) happen on first use of a name, so ``import pipeline`` stays fast.
 """

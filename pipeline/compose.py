@@ -120,8 +120,8 @@ class Pipeline:
         same order (lazy too).
 
         When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
-        files themselves; otherwise (GPUs, ``fuse=False``, stages with their own resources)
-        Ray Data's read tasks feed the pools.
+        files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
+        resources) Ray Data's read tasks feed the pools.
         """
         import ray
 
@@ -129,22 +129,27 @@ class Pipeline:
         from pipeline.io.reader import expand_paths, group_files
 
         resources = ray.cluster_resources()
-        groups = self.groups(resources)
-        fused = len(groups) == 1 and self._fuses(resources) and all(map(_open, self.stages))
-        if not fused:
+        if not self.reads_in_actors(resources):
             return self.run(read_cutouts(paths, bands, size, strict=strict), drop=drop)
-        files, fs = expand_paths(paths)
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict)
-        args = self.map_args(ReadChain(self.stages, read=options, filesystem=fs), resources)
+        args = self.map_args(ReadChain(self.stages, read=options), resources)
+        files, fs = expand_paths(paths)
+        args["fn_constructor_kwargs"]["filesystem"] = fs
         args["batch_size"] = 1  # one group of files per call
         # A few groups per CPU: every actor gets work and the last group is a short wait.
         work = group_files(files, fs, parts=4 * max(1, int(resources.get("CPU", 1))))
-        pool = args["compute"]
-        if pool.min_size > len(work):  # no more actors than groups to give them
+        if args["compute"].min_size > len(work):  # no more actors than groups to give them
             args["compute"] = ray.data.ActorPoolStrategy(size=len(work))
         ds = ray.data.from_items([{"paths": g} for g in work], override_num_blocks=len(work))
         return ds.map_batches(ReadChain, fn_kwargs={"drop": list(drop)}, **args)
+
+    def reads_in_actors(self, cluster: dict[str, float]) -> bool:
+        """Whether :meth:`run_files` lets the actors read (all stages in one CPU pool)."""
+        if len(self.groups(cluster)) > 1 or not all(map(_open, self.stages)):
+            return False
+        chain = ReadChain(self.stages, read=None)
+        return self._fuses(cluster) and not self.map_args(chain, cluster).get("num_gpus")
 
     def _fuses(self, cluster: dict[str, float]) -> bool:
         return self.fuse if self.fuse is not None else not cluster.get("GPU", 0)

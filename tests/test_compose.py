@@ -122,6 +122,16 @@ def test_cpu_clusters_fuse_open_stages_into_one_actor_gpu_clusters_do_not(ckpts)
 
     args = fused_gpu.map_args(Chain([den, det, sub]), {"CPU": 8.0, "GPU": 2.0})
     assert args["num_gpus"] == 1 and args["compute"].max_size == 2  # a whole GPU per chain
+    # run_files: the actors read their own files only in a single CPU pool.
+    from pipeline.compose import ReadChain
+
+    assert Pipeline([den, det, sub]).reads_in_actors({"CPU": 2.0})
+    assert Pipeline([det]).reads_in_actors({"CPU": 2.0})
+    assert not Pipeline([den, det, sub], fuse=False).reads_in_actors({"CPU": 2.0})
+    assert not pipe.reads_in_actors({"CPU": 2.0})  # the pinned stage keeps its own pool
+    assert not fused_gpu.reads_in_actors({"CPU": 8.0, "GPU": 2.0})  # GPUs: read tasks feed them
+    args = Pipeline([den, det, sub]).map_args(ReadChain([den, det, sub], read=None), {"CPU": 4.0})
+    assert args["num_cpus"] == 1.0 and args["compute"].min_size == args["compute"].max_size == 4
 
 
 def _dataset(ray, n=40, bad=(5, 17)):
