@@ -469,3 +469,20 @@ def test_group_files_keeps_order_puts_big_files_alone_and_feeds_every_worker(tmp
     assert [len(g) for g in groups] == [3, 1, 3, 2]  # up to 4 MiB per group; a bigger file alone
     assert len(group_files(files[:3], LocalFileSystem(), parts=3)) == 3  # 3 workers, 3 groups
     assert len(group_files(files[:3], LocalFileSystem(), parts=1)) == 1
+    assert group_files(files[-1:] + files[:2], LocalFileSystem(), parts=1) == [files[-1:] + files[:2]]
+
+
+def test_read_fits_file_through_a_pyarrow_filesystem_with_its_sidecar(tmp_path):
+    """What the cascade's actors do for remote inputs: open the file and the cube shard's
+    sibling Parquet catalogue through the filesystem the paths were listed with."""
+    from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
+
+    images = np.random.default_rng(2).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    table = {"id": ["a", "b", "c"], "theta_e": [0.5, 1.0, 1.5]}
+    write_cube_shard(tmp_path / "s.fits", images, table, ["VIS"], catalog="parquet")
+    fs = SubTreeFileSystem(str(tmp_path), LocalFileSystem())  # not the local filesystem itself
+    batch = read_fits_file("s.fits", filesystem=fs)
+    assert list(batch["id"]) == ["a", "b", "c"] and list(batch["theta_e"]) == [0.5, 1.0, 1.5]
+    np.testing.assert_array_equal(batch["image"], images)
+    (gone,) = _rows(read_fits_file("gone.fits", filesystem=fs))
+    assert gone["error"].startswith("gone.fits: cannot open")

@@ -196,7 +196,10 @@ def read_sidecar(path: str, filesystem: Any = None):
 def _locate(source: str, filesystem: Any) -> tuple[Any, str]:
     """(pyarrow filesystem or None for a plain local open, path on it) for a path or URI."""
     if "://" not in source:
-        return filesystem, source
+        from pyarrow.fs import LocalFileSystem
+
+        local = filesystem is None or isinstance(filesystem, LocalFileSystem)
+        return (None if local else filesystem), source
     if filesystem is None:
         from pyarrow.fs import FileSystem
 

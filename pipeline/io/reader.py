@@ -194,9 +194,9 @@ def group_files(files: Sequence[str], filesystem: pyarrow.fs.FileSystem, parts: 
     sizes = [i.size if i.type == FileType.File else 0 for i in infos]
     cap = max(1, min(_SMALL_BYTES, sum(sizes) // max(1, parts)))
     groups: list[list[str]] = []
-    held = cap  # bytes in the last group: start a new one at once
+    held = 0  # bytes in the last group
     for path, size in zip(files, sizes, strict=True):
-        if held + size > cap:
+        if not groups or held + size > cap:
             groups.append([])
             held = 0
         groups[-1].append(path)
