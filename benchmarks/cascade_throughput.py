@@ -275,9 +275,9 @@ def summarise(runs: list[dict]) -> dict:
     the highest; plus the ratio's range and every run."""
     out = {}
     for key, value in runs[0].items():
-        values = [r[key] for r in runs]
         if key == "lensray_first":
             continue  # per run only
+        values = [r[key] for r in runs]
         if value is None or key == "n":
             out[key] = value
         elif isinstance(value, list):

@@ -145,11 +145,11 @@ class Pipeline:
         return ds.map_batches(ReadChain, fn_kwargs={"drop": list(drop)}, **args)
 
     def reads_in_actors(self, cluster: dict[str, float]) -> bool:
-        """Whether :meth:`run_files` lets the actors read (all stages in one CPU pool)."""
-        if len(self.groups(cluster)) > 1 or not all(map(_open, self.stages)):
-            return False
-        chain = ReadChain(self.stages, read=None)
-        return self._fuses(cluster) and not self.map_args(chain, cluster).get("num_gpus")
+        """Whether :meth:`run_files` lets the actors read: every stage leaves its resources
+        open and fusion is on, so all share one pool, and that pool gets no GPU (as
+        :meth:`map_args` gives one to any pool with a model on a GPU cluster)."""
+        on_gpu = cluster.get("GPU", 0) > 0 and any(s.uses_model for s in self.stages)
+        return self._fuses(cluster) and all(map(_open, self.stages)) and not on_gpu
 
     def _fuses(self, cluster: dict[str, float]) -> bool:
         return self.fuse if self.fuse is not None else not cluster.get("GPU", 0)
