@@ -89,6 +89,7 @@ def write_cube_shard(
     header: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     catalog: str = "hdu",
+    quantum: float | None = None,
 ) -> pathlib.Path:
     """Write N cutouts and their label table to one FITS cube shard, atomically.
 
@@ -105,6 +106,9 @@ def write_cube_shard(
         overwrite: replace an existing file instead of raising FileExistsError.
         catalog: "hdu" stores the table as the CATALOG extension; "parquet" writes it to the
             sibling ``<stem>.parquet`` instead (written first, so a shard never lacks its table).
+        quantum: store CUTOUTS as int16 multiples of this step (FITS BSCALE; readers get float32
+            back) instead of float32: noisy images compress ~4x better (gzip) when the step is
+            well below their noise. Values must fit in +-32767 steps.
 
     Returns:
         The path written.
@@ -162,7 +166,14 @@ def write_cube_shard(
             key = str(key).upper()
             hdr[key if len(key) <= 8 else f"HIERARCH {key}"] = _header_value(value)
 
-    hdus = [primary, fits.ImageHDU(images, name=CUTOUTS_EXT)]
+    cutouts = fits.ImageHDU(images, name=CUTOUTS_EXT)
+    if quantum is not None:
+        q = np.round(images / quantum)
+        if not np.all(np.abs(q) <= 32767):
+            raise ValueError(f"{path}: images exceed +-32767 steps of quantum={quantum}")
+        cutouts = fits.ImageHDU((q * quantum).astype(np.float32), name=CUTOUTS_EXT)
+        cutouts.scale("int16", bscale=float(quantum), bzero=0)
+    hdus = [primary, cutouts]
     if catalog == "hdu":
         table_hdu = fits.table_to_hdu(Table(cols))
         table_hdu.name = CATALOG_EXT

@@ -48,32 +48,40 @@ def moments(images: np.ndarray) -> np.ndarray:
     return np.stack(feats, 1)
 
 
-def _split(data_dir, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def split_moments(data_dir, split: str, limit: int | None = None,
+                  columns=()) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Moments, ``is_lens`` and the requested label ``columns`` of one split of a simulated set
+    (error rows dropped; at most ``limit`` rows)."""
     from pipeline.io import read_fits_file
     from pipeline.train.data import split_paths
 
-    feats, labels, n = [], [], 0
+    parts: dict[str, list] = {"x": [], "is_lens": [], **{c: [] for c in columns}}
     for path in split_paths(data_dir, split):
         rows = read_fits_file(path)
         good = np.asarray([not e for e in rows["error"]]) if "error" in rows else slice(None)
-        feats.append(moments(np.asarray(rows["image"])[good]))
-        labels.append(np.asarray(rows["is_lens"])[good])
-        n += len(labels[-1])
-        if limit and n >= limit:
+        parts["x"].append(moments(np.asarray(rows["image"])[good]))
+        for c in ("is_lens", *columns):
+            parts[c].append(np.asarray(rows[c])[good])
+        if limit and sum(map(len, parts["x"])) >= limit:
             break
-    x, y = np.concatenate(feats), np.concatenate(labels).astype(int)
-    return (x[:limit], y[:limit]) if limit else (x, y)
+    out = {k: np.concatenate(v)[:limit] for k, v in parts.items()}
+    return out.pop("x"), out.pop("is_lens").astype(int), out
 
 
-def shortcut_auc(data_dir, limit: int | None = 8000, seed: int = 0) -> dict:
-    """Held-out AUC of gradient boosting on image moments (train split -> test split)."""
+def fit_auc(x_train, y_train, x_test, y_test, seed: int = 0) -> float:
+    """Held-out AUC of gradient boosting fitted on (x_train, y_train)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from pipeline.train.metrics import roc_auc
 
-    x_tr, y_tr = _split(data_dir, "train", limit)
-    x_te, y_te = _split(data_dir, "test", limit)
     clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed)
-    clf.fit(x_tr, y_tr)
-    return {"auc": roc_auc(y_te, clf.predict_proba(x_te)[:, 1]), "n_train": int(len(y_tr)),
+    clf.fit(x_train, y_train)
+    return roc_auc(y_test, clf.predict_proba(x_test)[:, 1])
+
+
+def shortcut_auc(data_dir, limit: int | None = 8000, seed: int = 0) -> dict:
+    """Held-out AUC of gradient boosting on image moments (train split -> test split)."""
+    x_tr, y_tr, _ = split_moments(data_dir, "train", limit)
+    x_te, y_te, _ = split_moments(data_dir, "test", limit)
+    return {"auc": fit_auc(x_tr, y_tr, x_te, y_te, seed), "n_train": int(len(y_tr)),
             "n_test": int(len(y_te)), "features": list(FEATURES)}
