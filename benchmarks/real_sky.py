@@ -30,29 +30,33 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REAL = REPO / "tests/data/real"
+DATA = REPO / "tests/data"
 SDSS_VIEW = REPO / "tests/data/real_backgrounds/sdss_gz2_gri64.fits.gz"
 
-# Every observed fixture: (label, file, {band view: [(hdu, plane) per model band]}).
-# g,r,i views use the bands each file has nearest to g, r, i (Euclid Q1 has HSC g, MegaCam r and
-# HSC z: z stands in for i, and the model sees a redder third band than it was trained on).
+# Every observed fixture: (label, name, {band view: [(file, hdu, plane) per model band]}), files
+# under tests/data. g,r,i views use the bands each file has nearest to g, r, i (Euclid Q1 has
+# HSC g, MegaCam r and HSC z: z stands in for i, a redder band than the model was trained on).
+_Q1 = "real/euclid/EUCLJ{}.fits"
 FIXTURES = [
-    ("lens", "euclid/EUCLJ174517.55+655612.5.fits",
-     {"VIS": [("VIS_FLUX", None)],
-      "gri": [("HSC_G_FLUX", None), ("MEGACAM_R_FLUX", None), ("HSC_Z_FLUX", None)]}),
-    ("lens", "euclid/EUCLJ174752.17+660743.0.fits",
-     {"VIS": [("VIS_FLUX", None)],
-      "gri": [("HSC_G_FLUX", None), ("MEGACAM_R_FLUX", None), ("HSC_Z_FLUX", None)]}),
-    ("lens", "euclid/ERO_ID_37174.fits", {"VIS": [(0, None)]}),
-    ("non-lens", "hsc/Cut_HSC.fits",
-     {"VIS": [(0, 2)], "gri": [(0, 0), (0, 1), (0, 2)]}),
-    ("non-lens", "hst/Cut_HST_COSMOS.fits", {"VIS": [(0, None)]}),
-    ("non-lens", "hst/AEGIS_F814w_images_01.fits", {"VIS": [(0, None)]}),
-    ("non-lens", "hst/AEGIS_F814w_images_01.fits", {"VIS": [(1, None)]}),
-    ("non-lens", "hst/AEGIS_F814w_images_01.fits", {"VIS": [(2, None)]}),
+    ("lens", "EUCLJ174517.55+655612.5",
+     {"VIS": [(_Q1.format("174517.55+655612.5"), "VIS_FLUX", None)],
+      "gri": [(_Q1.format("174517.55+655612.5"), f"{b}_FLUX", None)
+              for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]}),
+    ("lens", "EUCLJ174752.17+660743.0",
+     {"VIS": [(_Q1.format("174752.17+660743.0"), "VIS_FLUX", None)],
+      "gri": [(_Q1.format("174752.17+660743.0"), f"{b}_FLUX", None)
+              for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]}),
+    ("lens", "ERO_ID_37174", {"VIS": [("real/euclid/ERO_ID_37174.fits", 0, None)]}),
+    ("non-lens", "Cut_HSC", {"VIS": [("real/hsc/Cut_HSC.fits", 0, 2)],
+                             "gri": [("real/hsc/Cut_HSC.fits", 0, p) for p in range(3)]}),
+    ("non-lens", "KiDS-test", {"gri": [(f"real_backgrounds/kids/KiDS-test_{b}.fits", 0, None)
+                                       for b in "gri"]}),
+    ("non-lens", "Cut_HST_COSMOS", {"VIS": [("real/hst/Cut_HST_COSMOS.fits", 0, None)]}),
+    *[("non-lens", f"AEGIS_F814w[{h}]", {"VIS": [("real/hst/AEGIS_F814w_images_01.fits", h, None)]})
+      for h in range(3)],
 ]
-# HST files carry a 0.03"/px WCS only in some HDUs
-PIXEL_SCALE = {"hst/AEGIS_F814w_images_01.fits": 0.03}
+# the AEGIS stamps carry no WCS: 0.03"/px from their catalogue
+PIXEL_SCALE = {"real/hst/AEGIS_F814w_images_01.fits": 0.03}
 
 
 def view_of(config: dict) -> str:
@@ -87,15 +91,12 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
 
     view = view_of(config)
     out = []
-    for label, rel, views in FIXTURES:
+    for label, name, views in FIXTURES:
         if view not in views:
             continue
-        planes = []
-        for hdu, plane in views[view]:
-            img, scale = load_sky_cutout(REAL / rel, hdu, plane, PIXEL_SCALE.get(rel))
-            planes.append(img)
-        x = fit_cutouts(np.stack(planes)[None], scale, config)
-        name = f"{pathlib.Path(rel).name}[{views[view][0][0]}]"
+        planes = [load_sky_cutout(DATA / f, hdu, plane, PIXEL_SCALE.get(f))
+                  for f, hdu, plane in views[view]]
+        x = fit_cutouts(np.stack([p for p, _ in planes])[None], planes[0][1], config)
         out.append((label, name, x))
     return out
 
