@@ -125,25 +125,37 @@ def star_forming(rng, preset: Preset, priors: Priors, mag: float, centre,
 
 # ----------------------------------------------------------------------------- lens-task field
 def spiral_arms(rng, preset, priors: Priors, centre, r_disk, q, phi, mag) -> list[Light]:
-    """Two clumpy logarithmic arms (40 blue clumps) out to 1.8 disk radii, total ``mag``."""
+    """2-4 clumpy logarithmic arms (20 blue clumps each, winding 0.6-1 turn) from 0.2 out to
+    1.8 disk radii, total ``mag``."""
     pitch = math.radians(u(rng, priors.spiral_pitch_deg))
-    t = np.linspace(0.0, 1.6 * math.pi, 20)
+    n_arms = int(rng.integers(2, 5))
+    t = np.linspace(0.0, u(rng, (1.2, 2.0)) * math.pi, 20)
     r = np.exp(t * math.tan(pitch))
-    r = r * (1.8 * r_disk / r.max())
-    t = t + rng.uniform(0, 2 * math.pi)  # where the arms start, in the disk plane
-    x0 = np.concatenate([r * np.cos(t), -r * np.cos(t)])
-    y0 = np.concatenate([r * np.sin(t), -r * np.sin(t)])
-    x, y = project(x0, y0, q, phi, centre)
+    r = 0.2 * r_disk + r * (1.6 * r_disk / r.max())
+    t0 = rng.uniform(0, 2 * math.pi)  # where the arms start, in the disk plane
+    ang = np.concatenate([t + t0 + 2 * math.pi * k / n_arms for k in range(n_arms)])
+    rr = np.tile(r, n_arms)
+    x, y = project(rr * np.cos(ang), rr * np.sin(ang), q, phi, centre)
     # clumps about as wide as their spacing along the arm, so arms look continuous but knotty
-    width = 0.6 * np.hypot(np.diff(x0[:20]), np.diff(y0[:20])).mean() + 0.02
+    width = 0.6 * np.hypot(np.diff(r * np.cos(t)), np.diff(r * np.sin(t))).mean() + 0.02
     return clumpy_curve(rng, preset, x, y, mag, width, "blue")
+
+
+def disk_clumps(rng, preset, centre, r_disk, q, phi, mag) -> list[Light]:
+    """5-30 star-forming knots scattered over the disk (flocculent structure), total ``mag``."""
+    n = int(rng.integers(5, 31))
+    r = r_disk * 1.5 * np.sqrt(rng.random(n))
+    a = rng.uniform(0, 2 * math.pi, n)
+    x, y = project(r * np.cos(a), r * np.sin(a), q, phi, centre)
+    return clumpy_curve(rng, preset, x, y, mag, u(rng, (0.03, 0.1)) + 0.05 * r_disk, "blue")
 
 
 def main_galaxy(rng, preset: Preset, priors: Priors, centre,
                 strong_arms: bool = False) -> tuple[list[Light], dict, dict | None]:
     """The galaxy at the centre of a lens-task cutout (the deflector of a lens, the main galaxy
     of a non-lens): one Sersic of any index, or a bulge + disk with its own axis ratio and
-    twisted position angle, and for disks a bar, clumpy spiral arms and a dust lane by chance.
+    twisted position angle, and for disks by chance a bar, clumpy spiral arms, star-forming
+    knots, a resonance ring and a dust lane.
     ``strong_arms`` makes a disk with bright arms (the spiral hard negative).
 
     Returns the light components, what was drawn (``q``, ``phi``: the light's overall shape, which
@@ -163,10 +175,15 @@ def main_galaxy(rng, preset: Preset, priors: Priors, centre,
     bt = u(rng, priors.bulge_fraction)
     has_bar = rng.random() < priors.bar_fraction
     has_arms = strong_arms or rng.random() < priors.arms_fraction
+    has_knots = rng.random() < priors.knots_fraction
+    has_ring = rng.random() < priors.inner_ring_fraction
     f_bar = u(rng, priors.bar_flux) if has_bar else 0.0
     f_arms = u(rng, priors.strong_arms_flux if strong_arms else priors.arms_flux) if has_arms else 0.0
-    f_disk = max(1.0 - bt - f_bar - f_arms, 0.05)
-    m_bulge, m_disk, m_bar, m_arms = split_mag(mag, [bt, f_disk, max(f_bar, 1e-9), max(f_arms, 1e-9)])
+    f_knots = u(rng, priors.knots_flux) if has_knots else 0.0
+    f_ring = u(rng, priors.inner_ring_flux) if has_ring else 0.0
+    f_disk = max(1.0 - bt - f_bar - f_arms - f_knots - f_ring, 0.05)
+    m_bulge, m_disk, m_bar, m_arms, m_knots, m_ring = split_mag(
+        mag, [bt, f_disk, *(max(f, 1e-9) for f in (f_bar, f_arms, f_knots, f_ring))])
     q_bulge = float(np.clip(q + u(rng, (0.2, 0.6)), 0.4, 1.0))  # bulges are rounder than disks
     phi_bulge = phi + math.radians(rng.normal(0, priors.twist_deg))
     parts = [sersic(preset, rng, m_bulge, "red", centre, r_eff * u(rng, priors.bulge_size),
@@ -180,6 +197,15 @@ def main_galaxy(rng, preset: Preset, priors: Priors, centre,
     if has_arms:
         parts += spiral_arms(rng, preset, priors, centre, r_eff, q, phi, m_arms)
         kind.append("arms")
+    if has_knots:
+        parts += disk_clumps(rng, preset, centre, r_eff, q, phi, m_knots)
+        kind.append("knots")
+    if has_ring:  # a resonance ring in the disk plane (inner/outer rings of barred spirals)
+        radius = r_eff * u(rng, (0.5, 1.5))
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        x, y = project(radius * np.cos(t), radius * np.sin(t), q, phi, centre)
+        parts += clumpy_curve(rng, preset, x, y, m_ring, 0.12 * radius + 0.02, "disk")
+        kind.append("ring")
     dust = None
     if q < 0.6 and rng.random() < priors.dust_fraction:  # lanes show in inclined disks
         dust = {"x": centre[0], "y": centre[1], "phi": phi, "tau": u(rng, priors.dust_tau),

@@ -87,8 +87,12 @@ class Priors:
     bar_flux: Range = (0.05, 0.15)
     bar_length: Range = (0.4, 1.0)  # x disk R_eff
     bar_q: Range = (0.15, 0.35)
-    arms_fraction: float = 0.4  # of disks: faint clumpy spiral arms
-    arms_flux: Range = (0.05, 0.2)
+    arms_fraction: float = 0.7  # of disks: clumpy spiral arms (2-4 of them)
+    arms_flux: Range = (0.08, 0.35)
+    knots_fraction: float = 0.5  # of disks: star-forming knots scattered over the disk
+    knots_flux: Range = (0.05, 0.25)
+    inner_ring_fraction: float = 0.15  # of disks: a resonance ring at 0.5-1.5 disk radii
+    inner_ring_flux: Range = (0.05, 0.2)
     strong_arms_flux: Range = (0.2, 0.5)  # the spiral hard negative
     dust_fraction: float = 0.4  # of inclined disks (q < 0.6): a dust lane
     dust_tau: Range = (0.5, 2.0)  # central optical depth of the lane (reference band)
@@ -176,6 +180,7 @@ class Priors:
                     f"{preset.fov:.1f}\" field of preset {preset.name!r} at {preset.size} px"
                 )
         for name in ("lens_fraction", "disk_fraction", "bar_fraction", "arms_fraction",
+                     "knots_fraction", "inner_ring_fraction",
                      "dust_fraction", "neighbour_fraction", "star_fraction",
                      "hard_negative_fraction"):
             if not 0 <= getattr(self, name) <= 1:
