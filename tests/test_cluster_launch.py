@@ -17,6 +17,7 @@ namespaces), sshd and rsync: skipped with the reason elsewhere, a failure in CI.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -357,9 +358,11 @@ def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
     # `ray down` ran `ray stop` in the node's login shell (the venv's ray on PATH): nothing left.
     left = _until_empty(node.processes, 30) + _mentioning(f"{node.root}/ray")
     assert not left, left
-    control = Path("/tmp") / ("ray_ssh_" + hashlib.sha256(getpass.getuser().encode())
-                              .hexdigest()[:10]) / hashlib.sha256(name.encode()).hexdigest()[:10]
-    shutil.rmtree(control, ignore_errors=True)  # ray up's SSH control sockets (fixed path)
+    # ray up's SSH control sockets live under a fixed path: /tmp/ray_ssh_<user>/<cluster>
+    user = Path("/tmp") / f"ray_ssh_{hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]}"
+    shutil.rmtree(user / hashlib.sha256(name.encode()).hexdigest()[:10], ignore_errors=True)
+    with contextlib.suppress(OSError):
+        user.rmdir()  # unless another cluster of this user still has one
 
 
 # ----------------------------------------------------------------------------- fake multi-node
