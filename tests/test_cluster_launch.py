@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import ipaddress
 import json
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -137,6 +139,33 @@ def _mentioning(text: str) -> list[str]:
     return [cmd[:200] for pid, cmd in _processes().items() if text in cmd and pid != os.getpid()]
 
 
+def _listening_beyond_loopback(pids) -> list[str]:
+    """The TCP listening sockets of processes ``pids`` on an address other than loopback
+    ("address:port", e.g. 0.0.0.0:6379); each cluster here must bind 127.0.0.1 only."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            addr = ipaddress.ip_address(socket.inet_ntop(family, raw))
+            if not (addr.is_loopback or getattr(addr, "ipv4_mapped", None)
+                    and addr.ipv4_mapped.is_loopback):
+                found.append(f"{addr}:{int(hex_port, 16)}")
+    return found
+
+
 def _short_root(prefix: str) -> Path:
     root = Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:6]}"  # Ray's socket paths are limited
     root.mkdir(mode=0o700)
@@ -213,7 +242,8 @@ class SSHNode:
             f"HostKey {root}/host_key\nAuthorizedKeysFile {root}/key.pub\nStrictModes no\n"
             "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPidFile none\nPrintMotd no\nLogLevel ERROR\n"
-            f"SetEnv HOME={self.home} TMPDIR={root}/tmp\n")
+            # A cluster of one machine: with this, Ray binds 127.0.0.1, not the machine's address.
+            f"SetEnv HOME={self.home} TMPDIR={root}/tmp RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0\n")
         self.proxy = root / "proxy"
         self.proxy.write_text("#!/bin/sh\nexec " + shlex.join(
             self.ns.enter([sshd, "-i", "-f", f"{root}/sshd_config"])) + "\n")
@@ -301,7 +331,7 @@ def _render_local(node: SSHNode, name: str, token: Path) -> tuple[dict, dict[str
     return config, ports
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)  # ~3 min on a quiet 2-core machine; generous for a loaded one
 def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
     """`ray up` → `ray job submit` at once → `ray up` again (idempotent; the rerun resumes
     per file) → `ray down`, which leaves no process on the node."""
@@ -325,10 +355,10 @@ def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
         job = f"lensray-up-{uuid.uuid4().hex[:6]}"
         code = _run([RAY, "job", "submit", "--address", address, "--submission-id", job,
                      "--working-dir", str(REPO), "--", "python", "jobs/run.py", "--demo",
-                     "--demo-n", "40", "--out", str(out), "--no-progress"], env, log, 600)
+                     "--demo-n", "20", "--out", str(out), "--no-progress"], env, log, 900)
         status = _get(address, f"/api/jobs/{job}", token)["status"]
         assert code == 0 and status == "SUCCEEDED", _tail(log)
-        return _check_catalogue(out, 40)
+        return _check_catalogue(out, 20)
 
     def heads() -> list[str]:
         return [p for p in node.processes() if "gcs_server" in p.split()[0]]
@@ -344,6 +374,7 @@ def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
         assert str(node.home / "lensray" / "pipeline") in finder
         first_head = heads()
         assert len(first_head) == 1, first_head
+        assert not _listening_beyond_loopback(node.ns.processes())
         # A second `ray up` of the same config: the same single head, restarted; a rerun of
         # the job resumes per file and leaves the catalogue as it was.
         assert _run([RAY, "up", "-y", "--no-config-cache", str(config_file)], env, log,
@@ -427,8 +458,8 @@ class FakeCluster:
             RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
             RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
             RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(root / "tmp"),
-            # Nodes the autoscaler starts take the address Ray picks for "this machine":
-            # with this, 127.0.0.1, as the head's --node-ip-address.
+            # One machine: Ray binds 127.0.0.1 (else the machine's address, even with
+            # --node-ip-address=127.0.0.1), the nodes the autoscaler starts included.
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}")
         cmd = [RAY, "start", "--head", "--block", f"--num-cpus={head.get('CPU', 0)}",
@@ -508,7 +539,7 @@ def fake_cluster(request):
     assert not left, f"processes of the fake cluster left: {left}"
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
     """The job makes the autoscaler add a worker of the cloud config's GPU type, the model
     actors run there (never on the CPU-0 head), and the worker goes after the idle timeout."""
@@ -520,6 +551,7 @@ def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
     info = cluster.wait_job(job, 300)
     assert info["status"] == "SUCCEEDED", _tail(cluster.root / "jobs.log") + info["message"]
     _check_catalogue(tmp_path / "out", 60)
+    assert not _listening_beyond_loopback(cluster.ns.processes())  # head and workers alike
 
     workers = {n["node_id"]: cluster.worker_type(n) for n in cluster.nodes()
                if not n["is_head_node"]}
@@ -541,7 +573,7 @@ def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("fake_cluster", ["aws.yaml"], indirect=True)
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_killed_worker_node_actors_restart_and_every_row_is_written(fake_cluster, tmp_path):
     """A GPU worker node dies mid-job (its raylet is killed, as a preempted spot instance
     would vanish): the autoscaler replaces it, the model actors restart there, and every row
