@@ -544,12 +544,13 @@ def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
     """The job makes the autoscaler add a worker of the cloud config's GPU type, the model
     actors run there (never on the CPU-0 head), and the worker goes after the idle timeout."""
     cluster = fake_cluster
-    assert [n["is_head_node"] for n in cluster.nodes() if n["state"] == "ALIVE"] == [True]
+    _wait("a cluster of the head alone", lambda: [
+        n["is_head_node"] for n in cluster.nodes() if n["state"] == "ALIVE"] == [True], 120)
     make_shards(tmp_path / "data" / "field", [20, 20, 20], seed=5)
     make_checkpoints(tmp_path / "data" / "ckpt")
     job = cluster.submit(_job_args(tmp_path / "data", tmp_path / "out"))
     info = cluster.wait_job(job, 300)
-    assert info["status"] == "SUCCEEDED", _tail(cluster.root / "jobs.log") + info["message"]
+    assert info["status"] == "SUCCEEDED", _tail(cluster.root / "jobs.log") + str(info["message"])
     _check_catalogue(tmp_path / "out", 60)
     assert not _listening_beyond_loopback(cluster.ns.processes())  # head and workers alike
 
@@ -579,21 +580,28 @@ def test_killed_worker_node_actors_restart_and_every_row_is_written(fake_cluster
     would vanish): the autoscaler replaces it, the model actors restart there, and every row
     is written exactly once, by the job itself or by its rerun, which resumes per file."""
     cluster = fake_cluster
-    counts = [150] * 8
+    counts = [400] * 8  # long enough to be killed mid-run, after its first file
     make_shards(tmp_path / "data" / "field", counts, seed=11)
     make_checkpoints(tmp_path / "data" / "ckpt")
     out = tmp_path / "out"
-    job = cluster.submit(_job_args(tmp_path / "data", out))
-    driver = _wait("the job's driver", lambda: _get(cluster.address, f"/api/jobs/{job}")[
-        "driver_info"], 120)["id"]
+    drivers = []
 
-    def model_actors(state: str) -> list[dict]:
-        return [a for a in cluster.actors(driver)
-                if a["class_name"].startswith("MapWorker") and a["state"] == state]
+    def run() -> str:
+        job = cluster.submit(_job_args(tmp_path / "data", out))
+        drivers.append(_wait("the job's driver", lambda: _get(
+            cluster.address, f"/api/jobs/{job}")["driver_info"], 120)["id"])
+        return job
+
+    def model_actors() -> list[dict]:
+        return [a for d in drivers for a in cluster.actors(d)
+                if a["class_name"].startswith("MapWorker")]
+
+    job = run()
 
     # Once the first input file is committed, a model actor is at work on a worker node.
     _wait("a committed file", lambda: list((out / "_shards").glob("*.json")), 300, 0.5)
-    victim = _wait("a live model actor", lambda: model_actors("ALIVE"), 60, 0.5)[0]["node_id"]
+    victim = _wait("a live model actor", lambda: [
+        a for a in model_actors() if a["state"] == "ALIVE"], 60, 0.5)[0]["node_id"]
     raylet = [pid for pid, cmd in cluster.ns.processes().items()
               if cmd.split()[0].endswith("/raylet") and f"--node_id={victim}" in cmd]
     assert len(raylet) == 1, raylet
@@ -604,16 +612,15 @@ def test_killed_worker_node_actors_restart_and_every_row_is_written(fake_cluster
     reruns = 0
     if info["status"] != "SUCCEEDED":  # the run may die with the node: its rerun resumes
         reruns = 1
-        info = cluster.wait_job(cluster.submit(_job_args(tmp_path / "data", out)), 400)
-    assert info["status"] == "SUCCEEDED", info["message"] + _tail(cluster.root / "jobs.log")
+        info = cluster.wait_job(run(), 400)
+    assert info["status"] == "SUCCEEDED", str(info["message"]) + _tail(cluster.root / "jobs.log")
     summary = _check_catalogue(out, sum(counts))
     if reruns:
         assert 0 < summary["inputs"]["skipped_finished"] < len(counts), summary["inputs"]
     nodes = {n["node_id"]: n for n in cluster.nodes()}
     assert nodes[victim]["state"] == "DEAD"
     # The actors restarted on a new worker of the same type (never the head).
-    later = {a["node_id"] for a in cluster.actors(driver) if a["class_name"].startswith(
-        "MapWorker")} - {victim}
+    later = {a["node_id"] for a in model_actors()} - {victim}
     assert later and all(cluster.worker_type(nodes[n]) == cluster.worker_type(nodes[victim])
                          for n in later), later
     print(f"node killed mid-run: job {'failed, rerun resumed' if reruns else 'recovered'}")
