@@ -331,6 +331,18 @@ def _render_local(node: SSHNode, name: str, token: Path) -> tuple[dict, dict[str
     return config, ports
 
 
+def _remove_ssh_control_dir(cluster_name: str) -> None:
+    """`ray up` keeps its SSH control sockets under a fixed path, /tmp/ray_ssh_<user>/<cluster>
+    (hashed names): remove this cluster's, and the user's if that leaves it empty."""
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    user = Path("/tmp") / f"ray_ssh_{digest(getpass.getuser())}"
+    shutil.rmtree(user / digest(cluster_name), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        user.rmdir()
+
+
 @pytest.mark.timeout(1500)  # ~3 min on a quiet 2-core machine; generous for a loaded one
 def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
     """`ray up` → `ray job submit` at once → `ray up` again (idempotent; the rerun resumes
@@ -385,15 +397,11 @@ def test_ray_up_local_yaml_over_ssh(ssh_node, tmp_path):
         assert summary["inputs"]["skipped_finished"] == 4 and summary["this_run"]["rows"] == 0
     finally:
         down = _run([RAY, "down", "-y", str(config_file)], env, log, 300)
+        _remove_ssh_control_dir(name)
     assert down == 0, _tail(log)
     # `ray down` ran `ray stop` in the node's login shell (the venv's ray on PATH): nothing left.
     left = _until_empty(node.processes, 30) + _mentioning(f"{node.root}/ray")
     assert not left, left
-    # ray up's SSH control sockets live under a fixed path: /tmp/ray_ssh_<user>/<cluster>
-    user = Path("/tmp") / f"ray_ssh_{hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]}"
-    shutil.rmtree(user / hashlib.sha256(name.encode()).hexdigest()[:10], ignore_errors=True)
-    with contextlib.suppress(OSError):
-        user.rmdir()  # unless another cluster of this user still has one
 
 
 # ----------------------------------------------------------------------------- fake multi-node
