@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.models import STAGES, WEIGHTS_DIR, load_pretrained, predict
-from pipeline.train.metrics import denoise_metrics, multiclass_auc, regression_metrics, roc_auc
+from pipeline.metrics import denoise_metrics, multiclass_auc, regression_metrics, roc_auc
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models.normalize import denormalize
-from pipeline.train import metrics as M
+from pipeline import metrics as M
 
 LOG_SIGMA_RANGE = (-7.0, 3.0)  # clamp of predicted log-sigma (standardised units) for stability
 

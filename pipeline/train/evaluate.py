@@ -75,7 +75,7 @@ def denoiser_effect_on_detector(denoiser, dn_config: dict, detector, det_config:
                                 data_dir, split: str = "test", limit: int | None = None) -> dict:
     """Detector AUC/TPR0 on the raw cutouts vs on the denoised cutouts of a lens data set."""
     from pipeline.models import predict
-    from pipeline.train.metrics import lens_metrics
+    from pipeline.metrics import lens_metrics
 
     data = collect(data_dir, split, det_config, limit=limit)
     raw = predict(detector, det_config, data[IMAGE])["p_lens"]
@@ -93,7 +93,7 @@ def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.train.metrics import roc_auc, roc_curve
+    from pipeline.metrics import roc_auc, roc_curve
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
