@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import schema
+from pipeline.models.tasks import STAGES
 
-STAGE_NAMES = ("denoise", "lens-detect", "substructure")
 CATALOG, ERRORS, SHARDS = "catalog", "errors", "_shards"
 
 
@@ -47,7 +47,7 @@ def shard_key(source: str) -> str:
 
 
 def build_stages(
-    stages: Sequence[str] = STAGE_NAMES,
+    stages: Sequence[str] = STAGES,
     *,
     threshold: float = 0.5,
     top_fraction: float | None = None,
@@ -56,20 +56,16 @@ def build_stages(
     precision: str = "fp32",
 ) -> list:
     """Stage specs for the named stages (validated now: bad checkpoints fail before any work)."""
-    from pipeline.stages import Denoise, LensDetect, Substructure
+    from pipeline.stages import STAGE_CLASSES, LensDetect
 
     checkpoints = checkpoints or {}
-    unknown = set(stages) - set(STAGE_NAMES) or set(checkpoints) - set(STAGE_NAMES)
+    unknown = set(stages) - set(STAGES) or set(checkpoints) - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGE_NAMES)})")
-    common = dict(batch_size=batch_size, precision=precision)
-    make = {
-        "denoise": lambda ck: Denoise(ck, **common),
-        "lens-detect": lambda ck: LensDetect(threshold, top_fraction=top_fraction,
-                                             checkpoint=ck, **common),
-        "substructure": lambda ck: Substructure(ck, **common),
-    }
-    return [make[name](checkpoints.get(name)) for name in stages]
+        raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGES)})")
+    options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
+    return [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), batch_size=batch_size,
+                                precision=precision, **options.get(STAGE_CLASSES[name], {}))
+            for name in stages]
 
 
 def run_cascade(
@@ -78,7 +74,7 @@ def run_cascade(
     *,
     bands: Sequence[str] | None = None,
     size: int | None = None,
-    stages: Sequence[str] | Sequence[Any] = STAGE_NAMES,
+    stages: Sequence[str] | Sequence[Any] = STAGES,
     threshold: float = 0.5,
     top_fraction: float | None = None,
     batch_size: int = 256,
@@ -96,7 +92,7 @@ def run_cascade(
         inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`).
         out: output directory (created; an existing one is resumed).
         bands, size: passed to ``read_cutouts`` (must match what the models expect).
-        stages: stage names in order (any of "denoise", "lens-detect", "substructure"), or
+        stages: stage names in order (any of ``pipeline.models.STAGES``), or
             ready Stage objects (your own included).
         threshold / top_fraction: the detector's candidate cut (see ``LensDetect``).
         batch_size: rows per model batch.
@@ -246,8 +242,8 @@ class _ShardWriter:
             self.current = source
         self.parts.append(part)
         self.rows_seen += part.num_rows
-        if "is_candidate" in part.column_names:
-            self.candidates_seen += int(part.column("is_candidate").to_numpy(False).sum())
+        if schema.CANDIDATE in part.column_names:
+            self.candidates_seen += int(part.column(schema.CANDIDATE).to_numpy(False).sum())
 
     def close(self) -> None:
         """After a complete run: commit the last file; files that gave no row at all are empty
@@ -280,7 +276,8 @@ class _ShardWriter:
             else:
                 target.unlink(missing_ok=True)  # a stale file from an interrupted run
         shutil.rmtree(tmp, ignore_errors=True)
-        cands = table.column("is_candidate").to_numpy(False) if "is_candidate" in table.column_names else []
+        cands = (table.column(schema.CANDIDATE).to_numpy(False)
+                 if schema.CANDIDATE in table.column_names else [])
         marker = {"source": self.current, "rows": counts["rows"], "good": counts["good"],
                   "errors": counts["errors"], "candidates": int(sum(cands))}
         _write_json(self.out / SHARDS / f"{key}.json", marker)

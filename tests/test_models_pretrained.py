@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.models import STAGES, WEIGHTS_DIR, load_pretrained, predict
 from pipeline.metrics import denoise_metrics, multiclass_auc, regression_metrics, roc_auc
+from pipeline.models import STAGES, WEIGHTS_DIR, load_pretrained, predict
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -41,9 +41,8 @@ from pipeline.io.coords import centre_radec
 from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
 from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
 
-CLEAN = "clean"  # noiseless image column of cube shards, read with clean=True
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fits.fz")
-_RESERVED = set(schema.BASE_COLUMNS) | {CLEAN}
+_RESERVED = set(schema.BASE_COLUMNS) | {schema.CLEAN}
 _CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra bytes")
 
 
@@ -273,7 +272,7 @@ def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.
         schema.ERROR: errors,
     }
     if options.clean:
-        batch[CLEAN] = _stack(parts.clean)
+        batch[schema.CLEAN] = _stack(parts.clean)
     batch.update(parts.labels)
     return batch
 

@@ -19,7 +19,7 @@ import numpy as np
 from ray.data.datasource import FileBasedDatasource
 
 from pipeline.io import schema
-from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, decode_fits, read_sidecar
+from pipeline.io.decode import FITS_SUFFIXES, ReadOptions, decode_fits, read_sidecar
 
 if TYPE_CHECKING:
     import pyarrow
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _GLOB_CHARS = "*?["
 _BLOCK_BYTES = 32 << 20  # image bytes per output block (small files are grouped up to this)
 _SMALL_BYTES = 4 << 20  # a file with fewer image bytes is grouped with its neighbours
-_TENSORS = (schema.IMAGE, CLEAN)
+_TENSORS = (schema.IMAGE, schema.CLEAN)
 
 
 class FitsDatasource(FileBasedDatasource):

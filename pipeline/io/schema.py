@@ -1,4 +1,4 @@
-"""The row schema shared by reading, training and inference (see docs/design in README).
+"""The row schema shared by reading, training and inference: every column name the layers share.
 
 One row per cutout. Every row carries every base column; a row that could not be read has
 ``error`` set to "<file>: <reason>" and an ``image`` that must not be used (all zeros).
@@ -19,6 +19,9 @@ INDEX = "index"  # int64, HDU number or cube slice within SOURCE
 ERROR = "error"  # str or None
 
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
+
+CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
+CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
 
 
 def good_mask(batch: dict) -> np.ndarray:

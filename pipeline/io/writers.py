@@ -200,7 +200,7 @@ def _atomic_write(path: pathlib.Path, write) -> None:
 # ----------------------------------------------------------------------------- catalogues
 CATALOG_DIR = "catalog"
 ERRORS_DIR = "errors"
-IMAGE_COLUMNS = (schema.IMAGE, "clean")
+IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN)
 
 
 def write_catalog(

@@ -79,8 +79,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     if outs:
         out = np.concatenate(outs)
     else:  # no rows: keep the column shapes
-        shape = x.shape if task.name == "denoise" else (0, task.num_outputs(config))
-        out = np.zeros(shape, np.float32)
+        out = np.zeros((0, *task.output_shape(config, x.shape[1:])), np.float32)
     return task.decode(out, config, stats=(sky, noise))
 
 

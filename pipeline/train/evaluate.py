@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.schema import IMAGE, good_mask
+from pipeline.io.schema import CLEAN, IMAGE, good_mask
 from pipeline.models.tasks import get_task
 
 
@@ -21,9 +21,9 @@ def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | N
     from pipeline.train.data import split_paths
 
     task = get_task(config["task"])
-    cols = [IMAGE, *task.label_columns, *extra_columns]
+    cols = list(dict.fromkeys([IMAGE, *task.label_columns, *task.eval_labels, *extra_columns]))
     ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
-                      clean="clean" in cols)
+                      clean=CLEAN in cols)
     if limit:
         ds = ds.limit(limit)
     parts: dict[str, list] = {c: [] for c in cols}
@@ -44,15 +44,14 @@ def evaluate_model(model, config: dict, data_dir, split: str = "test", plots_dir
     task = get_task(config["task"])
     data = collect(data_dir, split, config, limit=limit)
     pred = predict(model, config, data[IMAGE], device=device)
-    labels = {c: data[c] for c in task.label_columns}
-    if task.name == "denoise":
-        labels["image"] = data[IMAGE]
+    labels = {c: data[c] for c in (*task.label_columns, *task.eval_labels)}
     out = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
            for k, v in task.metrics(pred, labels, config).items()}
     out["n"] = int(len(data[IMAGE]))
     out["split"] = split
-    if plots_dir is not None and task.name != "denoise":
-        out["plots"] = roc_plots(task, config, pred, labels, plots_dir)
+    curves = task.roc_curves(pred, labels, config)
+    if plots_dir is not None and curves:
+        out["plots"] = roc_plots(curves, config, plots_dir)
     return out
 
 
@@ -74,20 +73,23 @@ def evaluate_checkpoint(path, data_dir, split: str = "test", write: bool = False
 def denoiser_effect_on_detector(denoiser, dn_config: dict, detector, det_config: dict,
                                 data_dir, split: str = "test", limit: int | None = None) -> dict:
     """Detector AUC/TPR0 on the raw cutouts vs on the denoised cutouts of a lens data set."""
-    from pipeline.models import predict
     from pipeline.metrics import lens_metrics
+    from pipeline.models import predict
+    from pipeline.models.tasks import LENS_DETECT, P_LENS
 
     data = collect(data_dir, split, det_config, limit=limit)
-    raw = predict(detector, det_config, data[IMAGE])["p_lens"]
-    clean = predict(denoiser, dn_config, data[IMAGE])["image"]
-    den = predict(detector, det_config, clean)["p_lens"]
-    a, b = lens_metrics(data["is_lens"], raw), lens_metrics(data["is_lens"], den)
+    truth = data[LENS_DETECT.class_column]
+    raw = predict(detector, det_config, data[IMAGE])[P_LENS]
+    clean = predict(denoiser, dn_config, data[IMAGE])[IMAGE]
+    den = predict(detector, det_config, clean)[P_LENS]
+    a, b = lens_metrics(truth, raw), lens_metrics(truth, den)
     return {"auc_raw": a["auc"], "auc_denoised": b["auc"], "tpr0_raw": a["tpr0"],
             "tpr0_denoised": b["tpr0"], "n": int(len(raw))}
 
 
-def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str]:
-    """ROC curve(s) as PNG files (matplotlib, Agg); returns their paths."""
+def roc_plots(curves: dict, config: dict, out_dir) -> list[str]:
+    """The task's ROC ``curves`` ({name: (truth, score)}) of a checkpoint's ``config`` as one
+    PNG file (matplotlib, Agg); returns its path in a list."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,11 +99,6 @@ def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if task.name == "lens-detect":
-        curves = {"lens": (labels["is_lens"], pred["p_lens"])}
-    else:
-        cls = np.asarray(labels["substructure"]).astype(int)
-        curves = {c: (cls == i, pred[f"p_{c}"]) for i, c in enumerate(config["classes"])}
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_curve(y, s)
