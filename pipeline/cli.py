@@ -212,13 +212,12 @@ def _run_read(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline._ray import ensure_ray
-    from pipeline.io import CutoutReadError, ReadOptions, read_cutouts
-    from pipeline.io.reader import expand_paths
+    from pipeline.io import CutoutReadError, ReadOptions, list_inputs, read_cutouts
     from pipeline.io.report import format_table, summarize
 
     try:  # bad paths and options fail here, before Ray starts
         ReadOptions(bands=args.bands, size=args.size)
-        expand_paths(args.inputs)
+        inputs = list_inputs(args.inputs)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"lensray read: {exc}") from None
     ensure_ray(log_to_driver=False, logging_level="ERROR")
@@ -226,7 +225,7 @@ def _run_read(args: argparse.Namespace) -> int:
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_cutouts(args.inputs, bands=args.bands, size=args.size, strict=args.strict)
+    ds = read_cutouts(inputs, bands=args.bands, size=args.size, strict=args.strict)
     try:
         rows, counts = summarize(ds, progress=not args.no_progress)
     except CutoutReadError as exc:  # --strict
@@ -274,7 +273,8 @@ def _run_run(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline._ray import ensure_ray
-    from pipeline.run import run_cascade, run_demo
+    from pipeline.demo import run_demo
+    from pipeline.run import run_cascade
 
     if bool(args.inputs) == args.demo:
         raise SystemExit("lensray run: give INPUT files/dirs, or --demo (not both)")

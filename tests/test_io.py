@@ -25,7 +25,7 @@ from pipeline.io import (
     read_fits_file,
     write_cube_shard,
 )
-from pipeline.io.decode import file_stem
+from pipeline.io.files import file_stem
 from pipeline.io.pixels import centre_crop_or_pad
 
 EUCLID = "real/euclid/EUCLJ174517.55+655612.5.fits"
@@ -349,8 +349,8 @@ def test_more_files_than_the_open_file_limit(ray_local, tmp_path):
     """Every file is really opened (serial core, a Ray read task, the whole Ray read) under a
     soft RLIMIT_NOFILE lower than the number of files: handles must be closed as we go."""
     import ray
-    from pyarrow.fs import LocalFileSystem
 
+    from pipeline.io import list_inputs
     from pipeline.io.reader import FitsDatasource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -376,7 +376,7 @@ def test_more_files_than_the_open_file_limit(ray_local, tmp_path):
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     try:
         assert sum(len(read_fits_file(p)["id"]) for p in paths) == n
-        source = FitsDatasource(paths, ReadOptions(), filesystem=LocalFileSystem())
+        source = FitsDatasource(list_inputs(paths), ReadOptions())
         assert ray.get(run_read_tasks.remote(source.get_read_tasks(1), limit)) == n
         ds = read_cutouts(tmp_path)
         assert ds.filter(expr=col("error").is_null()).count() == n
@@ -453,23 +453,24 @@ def test_lensray_read_cli_rejects_bad_input_before_starting_ray(tmp_path):
         main(["read", str(tmp_path), "--size", "0"])
 
 
-def test_group_files_keeps_order_puts_big_files_alone_and_feeds_every_worker(tmp_path):
-    from pyarrow.fs import LocalFileSystem
-
-    from pipeline.io.reader import group_files
+def test_inputs_are_listed_once_with_sizes_and_grouped_in_order(tmp_path):
+    from pipeline.io.files import group_files, list_inputs
 
     sizes = [10, 10, 10, 5 << 20, 10, 10, 3 << 20, 2 << 20]  # bytes
     files = []
     for i, n in enumerate(sizes):
         (tmp_path / f"f{i}.fits").write_bytes(b"\0" * n)
         files.append(str(tmp_path / f"f{i}.fits"))
-    files.append(str(tmp_path / "missing.fits"))  # counts as empty: it becomes an error row later
-    groups = group_files(files, LocalFileSystem(), parts=1)
+    inputs = list_inputs(tmp_path)
+    assert inputs.files == tuple(files) and inputs.sizes == tuple(sizes)  # from the listing
+    assert list_inputs(inputs) is inputs  # a listing is passed on, never made again
+    groups = group_files(inputs, parts=1)
     assert [f for g in groups for f in g] == files  # every file once, in order
-    assert [len(g) for g in groups] == [3, 1, 3, 2]  # up to 4 MiB per group; a bigger file alone
-    assert len(group_files(files[:3], LocalFileSystem(), parts=3)) == 3  # 3 workers, 3 groups
-    assert len(group_files(files[:3], LocalFileSystem(), parts=1)) == 1
-    assert group_files(files[-1:] + files[:2], LocalFileSystem(), parts=1) == [files[-1:] + files[:2]]
+    assert [len(g) for g in groups] == [3, 1, 3, 1]  # up to 4 MiB per group; a bigger file alone
+    assert len(group_files(inputs.subset(files[:3]), parts=3)) == 3  # 3 workers, 3 groups
+    assert len(group_files(inputs.subset(files[:3]), parts=1)) == 1
+    head = files[-1:] + files[:2]
+    assert group_files(inputs.subset(head), parts=1) == [head]
 
 
 def test_read_fits_file_through_a_pyarrow_filesystem_with_its_sidecar(tmp_path):

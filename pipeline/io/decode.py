@@ -38,10 +38,10 @@ import numpy as np
 
 from pipeline.io import schema
 from pipeline.io.coords import centre_radec
+from pipeline.io.files import file_stem, locate, sibling_parquet
 from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
 from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
 
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fits.fz")
 _RESERVED = set(schema.BASE_COLUMNS) | {schema.CLEAN}
 _CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra bytes")
 
@@ -98,16 +98,6 @@ class ReadOptions:
         return np.zeros((b, side, side), dtype=np.float32)
 
 
-def file_stem(source: str) -> str:
-    """File name without directories and FITS suffixes: 's3://b/x/EUCLJ1.5+6.fits.gz' -> 'EUCLJ1.5+6'."""
-    name = str(source).rstrip("/").rsplit("/", 1)[-1]
-    lower = name.lower()
-    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name.rsplit(".", 1)[0] if "." in name[1:] else name
-
-
 # ----------------------------------------------------------------------------- public core
 def decode_fits(
     data: bytes,
@@ -155,12 +145,12 @@ def read_fits_file(
 
     ``path`` is a local path or a URI (``s3://``, ``gs://``: opened through ``pyarrow.fs``);
     ``filesystem`` is a ``pyarrow.fs.FileSystem`` to open it with instead (e.g. the one
-    :func:`pipeline.io.reader.expand_paths` returned). A cube shard's sibling Parquet catalogue
+    :func:`pipeline.io.files.list_inputs` listed with). A cube shard's sibling Parquet catalogue
     is read from the same place. An unopenable file is an error row (or raises, if strict).
     """
     options = options or ReadOptions()
     source = str(path)
-    fs, where = _locate(source, filesystem)
+    fs, where = locate(source, filesystem)
     try:
         if fs is None:
             with open(where, "rb") as f:
@@ -190,27 +180,6 @@ def read_sidecar(path: str, filesystem: Any = None):
     if fs.get_file_info(parquet).type != FileType.File:
         return None
     return pq.read_table(parquet, filesystem=fs)
-
-
-def _locate(source: str, filesystem: Any) -> tuple[Any, str]:
-    """(pyarrow filesystem or None for a plain local open, path on it) for a path or URI."""
-    if "://" not in source:
-        from pyarrow.fs import LocalFileSystem
-
-        local = filesystem is None or isinstance(filesystem, LocalFileSystem)
-        return (None if local else filesystem), source
-    if filesystem is None:
-        from pyarrow.fs import FileSystem
-
-        return FileSystem.from_uri(source)
-    return filesystem, source.split("://", 1)[1]
-
-
-def sibling_parquet(path: str) -> str:
-    """The Parquet catalogue next to a cube shard: 'dir/shard-0001.fits' -> 'dir/shard-0001.parquet'."""
-    stem = file_stem(path)
-    head = path.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in path else ""
-    return f"{head}{stem}.parquet"
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -24,12 +24,43 @@ CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated
 CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
 
 
-def good_mask(batch: dict) -> np.ndarray:
-    """Boolean mask of rows in a NumPy batch that were read without error."""
+PROVENANCE_PREFIX = "model_"  # + a stage's name: which weights computed the row's columns
+
+
+def provenance_column(stage: str) -> str:
+    """The provenance column of a stage: ``model_lens_detect`` for "lens-detect"."""
+    return PROVENANCE_PREFIX + stage.replace("-", "_")
+
+
+# ----------------------------------------------------------------------------- nulls
+# Arrow gives an all-null column the type "null", which NumPy has no dtype for: Ray Data hands
+# it to a NumPy batch function as float NaN, and blocks or files with and without it disagree
+# on the schema. The two functions below are the one fix, applied where batches enter a stage
+# (restore_nulls) and where tables are made (string_nulls).
+def restore_nulls(batch: dict) -> dict:
+    """``batch`` with its ``error`` column's nulls back (None) if it arrived as float NaN."""
     err = batch.get(ERROR)
-    n = len(batch[ID])
+    if err is not None and np.asarray(err).dtype.kind == "f":
+        return {**batch, ERROR: np.full(len(batch[ID]), None, dtype=object)}
+    return batch
+
+
+def string_nulls(table):
+    """A pyarrow table whose all-null (null-typed) columns are typed as strings, so every
+    block and file of one job has the same schema."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
+
+
+def good_mask(batch: dict) -> np.ndarray:
+    """Boolean mask of rows in a NumPy batch that were read without error (a null error: None,
+    "" or a NaN that a conversion put in its place)."""
+    err = batch.get(ERROR)
     if err is None:
-        return np.ones(n, dtype=bool)
-    # Ray Data turns an all-null string column into float NaN: NaN means "no error" too.
+        return np.ones(len(batch[ID]), dtype=bool)
     return np.array([e is None or e == "" or (isinstance(e, float) and np.isnan(e)) for e in err],
                     dtype=bool)
