@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io.schema import ID
 from pipeline.models.tasks import LENS_DETECT, P_LENS, SUBSTRUCTURE
 
 
@@ -43,27 +44,21 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
 
 def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
     """The image of each row, read again from its source file (None if it cannot be)."""
-    import pyarrow.fs as pafs
-
-    from pipeline.io import ReadOptions, decode_fits, read_fits_file
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.schema import IMAGE, SOURCE
 
     options = ReadOptions(bands=tuple(bands) if bands else None, size=size)
     by_source: dict[str, dict] = {}
     images = []
     for row in rows:
-        src = row.get("source")
+        src = row.get(SOURCE)
         if src not in by_source:
-            try:
-                if "://" in src:
-                    fs, path = pafs.FileSystem.from_uri(src)
-                    with fs.open_input_stream(path) as f:
-                        batch = decode_fits(f.read(), src, options)
-                else:  # local: also finds a cube shard's sibling Parquet catalogue (its ids)
-                    batch = read_fits_file(src, options)
-                by_source[src] = dict(zip(batch["id"].tolist(), batch["image"], strict=True))
+            try:  # local paths and URIs alike, with a cube shard's sibling catalogue (its ids)
+                batch = read_fits_file(src, options)
+                by_source[src] = dict(zip(batch[ID].tolist(), batch[IMAGE], strict=True))
             except Exception:  # a gallery must not fail a finished run
                 by_source[src] = {}
-        images.append(by_source[src].get(row.get("id")))
+        images.append(by_source[src].get(row.get(ID)))
     return images
 
 
@@ -82,7 +77,7 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def _label(row: dict) -> tuple[str, str]:
     """(title: the id, caption: scores) for one panel."""
-    rid = str(row.get("id"))
+    rid = str(row.get(ID))
     lines = []
     if row.get(P_LENS) is not None:
         lines.append(f"{P_LENS} {row[P_LENS]:.3f}")

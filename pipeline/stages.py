@@ -20,7 +20,6 @@ A custom stage subclasses :class:`Stage`, sets ``name``/``reads``/``writes`` and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ class Stage:
             stages when the cluster has GPUs, else 0).
     """
 
-    name: ClassVar[str] = ""  # short name; the provenance column is ``model_<name>``
+    name: ClassVar[str] = ""  # short name; names the provenance column (``model_<name>``)
     reads: ClassVar[tuple[str, ...]] = (schema.IMAGE,)  # columns compute() needs
     writes: ClassVar[tuple[str, ...]] = ()  # columns it adds or rewrites (for order checks)
     uses_model: ClassVar[bool] = False  # model stages get GPU shares by default
@@ -109,11 +108,7 @@ class Stage:
             self.setup()
             self._ready = True
         n = len(batch[schema.ID])
-        err = batch.get(schema.ERROR)
-        if err is not None and np.asarray(err).dtype.kind == "f":
-            # Ray Data hands an all-null column (a batch without errors) over as float NaN,
-            # which good_mask would read as errors: restore the nulls.
-            batch = {**batch, schema.ERROR: np.full(n, None, dtype=object)}
+        batch = schema.restore_nulls(batch)  # a batch without errors may arrive as NaN
         mask = np.asarray(self.select(batch), dtype=bool)
         out = dict(batch)
         if mask.any():
@@ -133,7 +128,7 @@ class Stage:
         if tag is not None:
             prov = np.full(n, None, dtype=object)
             prov[mask] = tag
-            out[f"model_{self.name.replace('-', '_')}"] = prov
+            out[schema.provenance_column(self.name)] = prov
         return out
 
     def _probe(self, batch: dict[str, np.ndarray]) -> None:
@@ -247,15 +242,12 @@ class ModelStage(Stage):
 
 def _model_tag(config: dict, checkpoint: str | None, task: str) -> str:
     """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
+    from pipeline.io.files import sha256_file
     from pipeline.models.checkpoint import WEIGHTS_FILE, pretrained_dir
 
     directory = Path(checkpoint) if checkpoint else pretrained_dir(task)
     weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{digest.hexdigest()[:12]}"
+    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{sha256_file(weights)[:12]}"
 
 
 class Denoise(ModelStage):

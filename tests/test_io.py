@@ -63,6 +63,40 @@ def test_euclid_q1_vis_band_and_wcs_position(data_dir):
     np.testing.assert_array_equal(two["image"][1], row["image"][0])
 
 
+def test_rows_carry_their_pixel_scale_and_band_names_when_asked(data_dir, tmp_path):
+    real = data_dir / "real"
+    read = lambda p, **kw: _rows(read_fits_file(str(p), ReadOptions(geometry=True, **kw)))  # noqa: E731
+    (vis,) = read(data_dir / EUCLID, bands=("VIS", "NIR_H"))  # WCS of the VIS_FLUX extension
+    assert vis["pixel_scale"] == pytest.approx(0.1, rel=1e-3) and vis["band_names"] == "VIS,NIR_H"
+    (hsc,) = read(real / "hsc" / "Cut_HSC.fits")
+    assert hsc["pixel_scale"] == pytest.approx(0.168, rel=1e-3) and hsc["band_names"] is None
+    (hst,) = read(real / "hst" / "Cut_HST_COSMOS.fits")
+    assert hst["pixel_scale"] == pytest.approx(0.03, rel=1e-3)
+    assert all(np.isnan(r["pixel_scale"]) for r in read(real / "hst" / "AEGIS_F814w_images_01.fits"))
+    # a cube shard: PIXSCALE and the selected BANDn names, the same for every row
+    shard = write_cube_shard(tmp_path / "s.fits", np.ones((3, 2, 8, 8), np.float32),
+                             {"id": np.array(["a", "b", "c"])}, ["g", "r"], header={"PIXSCALE": 0.2})
+    rows = read(shard, bands=("r",))
+    assert [(r["pixel_scale"], r["band_names"]) for r in rows] == [(0.2, "r")] * 3
+    # without the option the rows keep the base schema (the catalogue's columns do not change)
+    assert "pixel_scale" not in read_fits_file(str(shard))
+
+
+def test_one_hasher_and_one_null_rule():
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipeline.io import schema
+    from pipeline.io.files import sha256_file
+
+    assert sha256_file(__file__) == hashlib.sha256(open(__file__, "rb").read()).hexdigest()
+    nan_err = {"id": np.array(["a", "b"]), "error": np.array([np.nan, np.nan])}
+    assert schema.restore_nulls(nan_err)["error"].tolist() == [None, None]
+    typed = schema.string_nulls(pa.table({"error": pa.nulls(2), "p": [1.0, 2.0]}))
+    assert typed.schema.field("error").type == pa.string() and typed["p"].type == pa.float64()
+
+
 def test_euclid_without_bands_reads_every_flux_band(data_dir):
     (row,) = _rows(read_fits_file(str(data_dir / EUCLID)))
     assert row["image"].shape == (8, 100, 100)  # 8 *_FLUX HDUs, not the PSF/RMS ones

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import schema
-from pipeline.io.coords import centre_radec
+from pipeline.io.coords import centre_radec, pixel_scale
 from pipeline.io.files import file_stem, locate, sibling_parquet
 from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
 from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
@@ -69,6 +69,7 @@ class ReadOptions:
     clean: bool = False
     max_nonfinite: float = 0.1
     strict: bool = False
+    geometry: bool = False  # also give each row its pixel scale and band names
 
     def __post_init__(self):
         if self.bands is not None:
@@ -226,6 +227,8 @@ class _Parts:
     errors: list[str | None]
     clean: list[np.ndarray] | np.ndarray | None = None
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    scales: list[float] | np.ndarray | None = None  # arcsec/px (options.geometry)
+    band_names: list[str | None] | None = None  # "VIS" or "g,r,i" (options.geometry)
 
 
 def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.ndarray]:
@@ -242,6 +245,10 @@ def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.
     }
     if options.clean:
         batch[schema.CLEAN] = _stack(parts.clean)
+    if options.geometry:
+        batch[schema.PIXEL_SCALE] = (np.full(n, np.nan) if parts.scales is None
+                                     else np.asarray(parts.scales, dtype=np.float64))
+        batch[schema.BAND_NAMES] = np.array(parts.band_names or [None] * n, dtype=object)
     batch.update(parts.labels)
     return batch
 
@@ -356,8 +363,11 @@ def _images(hdus, stem: str, options: ReadOptions) -> _Parts:
         cutouts = [_named_cutout(with_data, primary, options)]
     else:
         cutouts = [_unnamed_cutout(i, h, primary, options) for i, h in with_data]
-    parts = _Parts([], [], [], [], [], [], [])
-    for index, image, (ra, dec), err in cutouts:
+    parts = _Parts([], [], [], [], [], [], [], scales=[], band_names=[])
+    for index, image, (ra, dec), err, (header, names) in cutouts:
+        parts.scales.append(pixel_scale(header, primary) if options.geometry and header is not None
+                            else math.nan)
+        parts.band_names.append(",".join(names) if names else None)
         errs = [err]
         if image is not None:
             image = _finish(image[None], errs, options)[0]
@@ -409,9 +419,15 @@ def _named_cutout(with_data, primary, options):
             )
         image = np.concatenate(planes) if len(planes) > 1 else planes[0]
         pos = centre_radec(chosen[0][1].header, *image.shape[1:], fallback=primary)
-        return index, image, pos, None
+        names = [_band_of(h.name) for _, h in chosen]
+        return index, image, pos, None, (chosen[0][1].header, names)
     except _Reason as exc:
-        return index, None, (math.nan, math.nan), str(exc)
+        return index, None, (math.nan, math.nan), str(exc), (None, None)
+
+
+def _band_of(extname: str) -> str:
+    """The band an extension holds: 'VIS_FLUX' -> 'VIS'."""
+    return extname[: -len("_FLUX")] if extname.upper().endswith("_FLUX") else extname
 
 
 def _unnamed_cutout(i, hdu, primary, options):
@@ -420,11 +436,12 @@ def _unnamed_cutout(i, hdu, primary, options):
         names = _band_keywords(hdu.header, image.shape[0])
         if names is None and image.shape[0] == 1 and options.bands:
             _check_filter(hdu.header, options.bands[0], f"HDU {i}")
-        image = image[_select_planes(names, image.shape[0], options.bands, f"HDU {i}")]
+        picked = _select_planes(names, image.shape[0], options.bands, f"HDU {i}")
+        image = image[picked]
         pos = centre_radec(hdu.header, *image.shape[1:], fallback=primary if i else None)
-        return i, image, pos, None
+        return i, image, pos, None, (hdu.header, names and [names[k] for k in picked])
     except _Reason as exc:
-        return i, None, (math.nan, math.nan), str(exc)
+        return i, None, (math.nan, math.nan), str(exc), (None, None)
 
 
 def _check_filter(header, band: str, where: str) -> None:
@@ -448,7 +465,8 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
             f"{CUTOUTS_EXT} has shape {stack.shape} (expected N x H x W or N x bands x H x W)"
         )
     n, nb = stack.shape[:2]
-    sel = _select_planes(_band_keywords(primary, nb), nb, options.bands, CUTOUTS_EXT)
+    band_names = _band_keywords(primary, nb)
+    sel = _select_planes(band_names, nb, options.bands, CUTOUTS_EXT)
     stack = stack[:, sel]
     clean = None
     if options.clean:
@@ -462,7 +480,8 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
         bad = {k: len(v) for k, v in table.items() if len(v) != n}
         if bad:
             raise _Reason(f"catalogue has {next(iter(bad.values()))} rows for {n} cutouts")
-        clash = sorted(set(table) & (_RESERVED - {schema.ID, schema.RA, schema.DEC}))
+        reserved = _RESERVED | ({schema.PIXEL_SCALE, schema.BAND_NAMES} if options.geometry else set())
+        clash = sorted(set(table) & (reserved - {schema.ID, schema.RA, schema.DEC}))
         if clash:
             raise _Reason(f"catalogue columns {clash} clash with reserved row columns")
     table = table or {}
@@ -483,7 +502,11 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
         bad = [i for i, e in enumerate(errors) if e is not None]
         stack[bad] = 0.0
         clean[bad] = 0.0
-    return _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
+    parts = _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
+    if options.geometry:  # one pixel grid and one band list for the whole shard
+        parts.scales = np.full(n, pixel_scale(primary))
+        parts.band_names = [",".join(band_names[k] for k in sel) if band_names else None] * n
+    return parts
 
 
 def _shard_table(hdus, names, sidecar) -> dict[str, np.ndarray] | None:

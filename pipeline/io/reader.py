@@ -153,6 +153,7 @@ def read_cutouts(
     *,
     strict: bool = False,
     clean: bool = False,
+    geometry: bool = False,
     max_nonfinite: float = 0.1,
     override_num_blocks: int | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
@@ -173,6 +174,8 @@ def read_cutouts(
         strict: raise :class:`~pipeline.io.decode.CutoutReadError` on the first unreadable file or
             cutout instead of returning an error row.
         clean: also read the noiseless ``clean`` images of cube shards (error row otherwise).
+        geometry: also give each row its ``pixel_scale`` (arcsec/px from the WCS or a PIXSCALE
+            keyword, NaN when unknown) and ``band_names`` (from EXTNAMEs or BANDn keywords).
         max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
             below it they are replaced by the band median.
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
@@ -194,6 +197,7 @@ def read_cutouts(
         bands=tuple(bands) if bands is not None else None,
         size=size,
         clean=clean,
+        geometry=geometry,
         max_nonfinite=max_nonfinite,
         strict=strict,
     )

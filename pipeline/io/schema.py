@@ -21,6 +21,8 @@ ERROR = "error"  # str or None
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
 CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
+PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the row's image, NaN when unknown (geometry=True)
+BAND_NAMES = "band_names"  # str, the image's bands ("VIS", "g,r,i"), None when unnamed (geometry=True)
 CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
 
 

@@ -7,11 +7,11 @@ and seed, recipe command, held-out TEST metrics, size, checksum and date.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
+from pipeline.io.files import sha256_file
 from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, pretrained_dir
 
 CARD_FILE = "MODEL_CARD.md"
@@ -28,7 +28,7 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
     from pipeline.models import create_model
 
     n = sum(p.numel() for p in create_model(config["model"], **config["model_kwargs"]).parameters())
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha = sha256_file(weights)
     tr = config.get("trained", {})
     m = dict(config.get("metrics") or {})
     lines = [

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io.files import is_fits_name
 from pipeline.io.schema import CLEAN, IMAGE, good_mask
 from pipeline.models.normalize import normalize
 from pipeline.models.tasks import get_task
@@ -22,7 +23,7 @@ SPLITS = ("train", "val", "test")
 def split_paths(data_dir, split: str) -> list[str]:
     """Sorted shard files of one split; a clear error if the split is missing or empty."""
     d = Path(data_dir) / split
-    files = sorted(str(p) for p in d.glob("*.fits"))
+    files = sorted(str(p) for p in d.glob("*") if p.is_file() and is_fits_name(p.name))
     if not files:
         raise FileNotFoundError(f"{d}: no FITS shards for split {split!r} (expected "
                                 f"{d}/shard-*.fits as written by `lensray simulate`)")

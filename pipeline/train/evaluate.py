@@ -114,51 +114,49 @@ def roc_plots(curves: dict, config: dict, out_dir) -> list[str]:
     return [str(path)]
 
 
-def load_sky_cutout(path, hdu=0, plane: int | None = None,
-                    pixel_scale: float | None = None) -> tuple[np.ndarray, float]:
-    """One observed cutout as a (H, W) float32 array and its pixel scale (arcsec/px, from the
-    WCS unless given). ``plane`` picks a band of a (B, H, W) cube."""
-    import warnings
+def load_sky_cutout(path, hdu: int | None = None, plane: int | None = None,
+                    pixel_scale: float | None = None,
+                    bands=None) -> tuple[np.ndarray, float]:
+    """One observed cutout as a (H, W) float32 array and its pixel scale (arcsec/px, the row's
+    own unless given), read by the package's reader (``pipeline.io.read_fits_file``).
 
-    from astropy.io import fits
-    from astropy.wcs import WCS, FITSFixedWarning
-    from astropy.wcs.utils import proj_plane_pixel_scales
+    ``hdu``: the row of that HDU (None: the file's first row); ``bands``: band names to read
+    (e.g. ``["VIS"]`` from a Euclid file of many ``*_FLUX`` extensions); ``plane``: the band to
+    keep of a multi-band row."""
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.schema import ERROR, INDEX, PIXEL_SCALE
 
-    with fits.open(path, memmap=False) as hdul:
-        try:
-            h = hdul[hdu]
-        except (KeyError, IndexError) as e:
-            raise ValueError(f"{path}: HDU {hdu!r} not found (available: "
-                             f"{[x.name or i for i, x in enumerate(hdul)]})") from e
-        data = np.asarray(h.data, dtype=np.float32)
-        if data.ndim == 3:
-            if plane is None:
-                raise ValueError(f"{path}[{hdu}]: cube of shape {data.shape}; pass plane=")
-            data = data[plane]
-        if data.ndim != 2:
-            raise ValueError(f"{path}[{hdu}]: expected an image, got shape {data.shape}")
-        if pixel_scale is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FITSFixedWarning)
-                scales = proj_plane_pixel_scales(WCS(h.header).celestial) * 3600
-            if len(scales) == 0 or not np.all(np.isfinite(scales)) or scales[0] <= 0:
-                raise ValueError(f"{path}[{hdu}]: no celestial WCS; pass pixel_scale=")
-            pixel_scale = float(scales[0])
-    return data, float(pixel_scale)
+    rows = read_fits_file(str(path), ReadOptions(bands=bands, geometry=True))
+    hits = np.flatnonzero(rows[INDEX] == hdu) if hdu is not None else [0]
+    if not len(hits):
+        raise ValueError(f"{path}: no cutout in HDU {hdu} (cutouts in HDUs {rows[INDEX].tolist()})")
+    i = hits[0]
+    if rows[ERROR][i]:
+        raise ValueError(rows[ERROR][i])
+    image = rows[IMAGE][i]
+    if image.shape[0] > 1 and plane is None:
+        raise ValueError(f"{path}[{hdu}]: {image.shape[0]} bands of shape {image.shape[1:]}; "
+                         "pass plane=")
+    image = image[plane or 0]
+    scale = pixel_scale or float(rows[PIXEL_SCALE][i])
+    if not np.isfinite(scale):
+        raise ValueError(f"{path}[{hdu}]: no celestial WCS or PIXSCALE; pass pixel_scale=")
+    return image, float(scale)
 
 
 def score_sky_cutouts(model, config: dict, entries: list[dict]) -> list[dict]:
     """Score observed cutouts with a lens finder after resampling each to the model's pixel
     scale and cropping/padding to its size (``fit_cutouts``). ``entries``: dicts with ``path``
-    and optional ``hdu``, ``plane``, ``pixel_scale``, ``label``. Single-band models only."""
+    and optional ``hdu``, ``plane``, ``pixel_scale``, ``bands`` (see :func:`load_sky_cutout`)
+    and ``label``. Single-band models only."""
     from pipeline.models import fit_cutouts, predict
 
     if len(config["bands"]) != 1:
         raise ValueError("score_sky_cutouts handles single-band models only")
     rows = []
     for e in entries:
-        img, scale = load_sky_cutout(e["path"], e.get("hdu", 0), e.get("plane"),
-                                     e.get("pixel_scale"))
+        img, scale = load_sky_cutout(e["path"], e.get("hdu"), e.get("plane"),
+                                     e.get("pixel_scale"), e.get("bands"))
         x = fit_cutouts(img[None, None], scale, config)
         p = predict(model, config, x)
         rows.append({**{k: v for k, v in e.items() if k != "path"}, "file": Path(e["path"]).name,

@@ -211,7 +211,8 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
 
 
 def _geometry(data_dir, manifest: dict) -> dict:
-    """Bands, cutout size and pixel scale from the manifest, else from the first shard."""
+    """Bands, cutout size and pixel scale from the manifest, else from the first training
+    shard's rows (read with their geometry by ``pipeline.io``)."""
     bands = manifest.get("bands")
     size = manifest.get("size") or manifest.get("num_pix")
     scale = manifest.get("pixel_scale")
@@ -219,20 +220,19 @@ def _geometry(data_dir, manifest: dict) -> dict:
     if not scale and isinstance(inst, dict) and inst.get("bands"):  # lensray-sim/1 manifests
         scale = inst["bands"][0].get("pixel_scale")
     if not (bands and size and scale):
-        from astropy.io import fits
-
+        from pipeline.io import ReadOptions, read_fits_file
+        from pipeline.io.schema import BAND_NAMES, IMAGE, PIXEL_SCALE
         from pipeline.train.data import split_paths
 
-        f = split_paths(data_dir, "train")[0]
-        with fits.open(f, memmap=True) as hdul:
-            h0, cut = hdul[0].header, hdul["CUTOUTS"]
-            nb = int(h0.get("NBANDS", cut.header["NAXIS3"]))
-            bands = bands or [h0.get(f"BAND{i + 1}", str(i)) for i in range(nb)]
-            size = size or int(cut.header["NAXIS1"])
-            scale = scale or h0.get("PIXSCALE") or h0.get("PIXSCAL")
+        first = split_paths(data_dir, "train")[0]
+        rows = read_fits_file(first, ReadOptions(geometry=True, strict=True))
+        nb, size = rows[IMAGE][0].shape[0], size or rows[IMAGE][0].shape[-1]
+        names = rows[BAND_NAMES][0]
+        bands = bands or (names.split(",") if names else [str(i) for i in range(nb)])
+        scale = scale or (rows[PIXEL_SCALE][0] if np.isfinite(rows[PIXEL_SCALE][0]) else None)
     if not scale:
         raise ValueError(f"{data_dir}: pixel scale unknown (no 'pixel_scale' in manifest.json "
-                         "and no PIXSCALE header)")
+                         "and none in the shards: no celestial WCS or PIXSCALE header)")
     return {"bands": list(bands), "size": int(size), "pixel_scale": float(scale)}
 
 
