@@ -81,8 +81,8 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="train and validate only on rows of these classes (e.g. vortex, for "
                         "the shipped substructure model's axion-mass regressor)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="bf16: autocast matmuls/convs to bfloat16 (2.5x faster d4_resnet training "
-                        "on an AVX512-BF16 CPU, measured; also recent GPUs; default fp32)")
+                   help="bf16: autocast matmuls/convs to bfloat16 (faster on CPUs with "
+                        "AVX512-BF16/AMX and on recent GPUs, see docs/models.md; default fp32)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")

@@ -174,7 +174,7 @@ class Pipeline:
           per GPU at most, autoscaled from one; 1 CPU per actor.
         - CPU only, fused :class:`Chain`: one single-threaded actor per CPU from the start, each
           reserving half a CPU so the read tasks keep the other half (Ray Data's autoscaler
-          kept a single actor: half the machine idle, 0.58x the single-process loop); a
+          kept a single actor: half the machine idle; docs/cascade.md); a
           :class:`ReadChain` does its own reads, so it reserves a whole CPU.
         - CPU only, separate pools: fractional CPUs (a quarter of the cluster's CPUs split over
           the pools), autoscaled from one actor up to the CPU count. Whole-CPU actors on 2 CPUs

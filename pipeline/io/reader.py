@@ -44,7 +44,7 @@ class FitsDatasource(FileBasedDatasource):
 
     def _read_stream(self, f: pyarrow.NativeFile, path: str) -> Iterator[Any]:
         # Yields NumPy batches, not blocks: get_read_tasks groups a task's small files into
-        # one Arrow block (building a block costs ~2 ms, more than decoding a 64x64 file).
+        # one Arrow block (building a block costs more than decoding a small file; docs/io.md).
         source = path if "://" in path else self._scheme + path
         yield decode_fits(f.read(), source, self._options, lambda: read_sidecar(path, self._filesystem))
 
@@ -180,7 +180,7 @@ def read_cutouts(
             below it they are replaced by the band median.
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
             has ~32 MiB of files or there are 4 tasks per CPU in the cluster (Ray's default split
-            of few big files into many blocks costs ~4x).
+            of few big files into many blocks is slower; docs/io.md).
         filesystem: a ``pyarrow.fs.FileSystem`` to use instead of inferring one from the paths.
         shuffle: ``"files"`` to read files in random order (Ray's file shuffle).
         ray_remote_args: Ray options of the read tasks (e.g. ``{"num_cpus": 0.5}``).
