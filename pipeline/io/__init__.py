@@ -12,21 +12,27 @@ Every FITS file the package opens is opened here; this layer imports nothing fro
 stages, training or the CLI (docs/architecture.md).
 """
 
-from pipeline.io.catalog import CatalogStore, write_catalog
-from pipeline.io.decode import CutoutReadError, ReadOptions, decode_fits, read_fits_file
-from pipeline.io.files import Inputs, list_inputs
-from pipeline.io.reader import read_cutouts
-from pipeline.io.writers import write_cube_shard
+from importlib import import_module
 
-__all__ = [
-    "CatalogStore",
-    "CutoutReadError",
-    "Inputs",
-    "ReadOptions",
-    "decode_fits",
-    "list_inputs",
-    "read_cutouts",
-    "read_fits_file",
-    "write_catalog",
-    "write_cube_shard",
-]
+# public name -> module that defines it; loaded on first use, so that the column names of
+# ``pipeline.io.schema`` (which every layer reads) cost no Ray import
+_LAZY = {
+    "CatalogStore": "pipeline.io.catalog",
+    "write_catalog": "pipeline.io.catalog",
+    "CutoutReadError": "pipeline.io.decode",
+    "ReadOptions": "pipeline.io.decode",
+    "decode_fits": "pipeline.io.decode",
+    "read_fits_file": "pipeline.io.decode",
+    "Inputs": "pipeline.io.files",
+    "list_inputs": "pipeline.io.files",
+    "read_cutouts": "pipeline.io.reader",
+    "write_cube_shard": "pipeline.io.writers",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline.io' has no attribute {name!r}")
