@@ -21,6 +21,12 @@ ERROR = "error"  # str or None
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
 CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
+# Label columns of labelled (simulated) data: written by pipeline.simulate, learnt by the tasks of
+# pipeline.models.tasks; a class column holds the index of its class name.
+IS_LENS = "is_lens"  # 0/1
+SUBSTRUCTURE_CLASS = "substructure"  # index into SUBSTRUCTURE_CLASSES
+SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
+
 PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the row's image, NaN when unknown (geometry=True)
 BAND_NAMES = "band_names"  # str, the image's bands ("VIS", "g,r,i"), None when unnamed (geometry=True)
 CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline import metrics as M
-from pipeline.io.schema import CLEAN, IMAGE
+from pipeline.io.schema import CLEAN, IMAGE, IS_LENS, SUBSTRUCTURE_CLASS, SUBSTRUCTURE_CLASSES
 from pipeline.models.normalize import denormalize
 
 LOG_SIGMA_RANGE = (-7.0, 3.0)  # clamp of predicted log-sigma (standardised units) for stability
@@ -79,9 +79,9 @@ class LensDetect(Task):
     """Binary lens / non-lens classification: one logit, binary cross-entropy."""
 
     name = "lens-detect"
-    label_columns = ("is_lens",)
+    label_columns = (IS_LENS,)
     classes = ("non-lens", "lens")
-    class_column = "is_lens"
+    class_column = IS_LENS
 
     def columns(self, config=None):
         return (P_LENS,)
@@ -92,16 +92,16 @@ class LensDetect(Task):
     def loss(self, out, batch, config):
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(out[:, 0], batch["is_lens"].float())
+        return F.binary_cross_entropy_with_logits(out[:, 0], batch[IS_LENS].float())
 
     def decode(self, out, config, stats=None):
         return {P_LENS: (1 / (1 + np.exp(-out[:, 0].astype(np.float64)))).astype(np.float32)}
 
     def metrics(self, pred, labels, config):
-        return M.lens_metrics(labels["is_lens"], pred[P_LENS])
+        return M.lens_metrics(labels[IS_LENS], pred[P_LENS])
 
     def roc_curves(self, pred, labels, config):
-        return {"lens": (labels["is_lens"], pred[P_LENS])}
+        return {"lens": (labels[IS_LENS], pred[P_LENS])}
 
 
 class Substructure(Task):
@@ -118,8 +118,8 @@ class Substructure(Task):
     network widen sigma on hard rows instead of fitting their mean; beta 0.5 keeps fitting them."""
 
     name = "substructure"
-    classes = ("no_sub", "cdm", "vortex")
-    class_column = "substructure"
+    classes = SUBSTRUCTURE_CLASSES
+    class_column = SUBSTRUCTURE_CLASS
     targets = {"log10_m_axion": 2, "sigma_sub": 1}
     label_columns = (class_column, *targets)
     regression_weight = 0.1
