@@ -138,7 +138,7 @@ def test_two_tower_regressor_trains_on_its_classes_and_keeps_the_classifier(ray_
     for col in ("p_vortex", "sigma_sub", "sigma_sub_sigma"):  # the frozen classifier's
         np.testing.assert_allclose(p_tt[col], p_cls[col], rtol=1e-5, atol=1e-6)
     assert not np.allclose(p_tt["log10_m_axion"], p_cls["log10_m_axion"])
-    with pytest.raises(ValueError, match="starts from a trained classifier"):
+    with pytest.raises(ValueError, match="starts from a trained checkpoint"):
         train("substructure", tmp_path / "sub", tmp_path / "bad", "two_tower", epochs=1)
     assert "log10_m_axion_mae_ratio" in cfg["metrics"] and "auc_macro" in cfg["metrics"]
 
