@@ -33,27 +33,25 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/data"
 SDSS_VIEW = REPO / "tests/data/real_backgrounds/sdss_gz2_gri64.fits.gz"
 
-# Every observed fixture: (label, name, {band view: [(file, hdu, plane) per model band]}), files
-# under tests/data. g,r,i views use the bands each file has nearest to g, r, i (Euclid Q1 has
-# HSC g, MegaCam r and HSC z: z stands in for i, a redder band than the model was trained on).
+# Every observed fixture: (label, name, {band view: [(file, band, hdu, plane) per model band]}),
+# files under tests/data; ``band`` picks a named band (Euclid's *_FLUX extensions), ``hdu`` an
+# HDU of a multi-HDU file, ``plane`` a band of a cube. g,r,i views use the bands each file has
+# nearest to g, r, i (Euclid Q1 has HSC g, MegaCam r and HSC z: z stands in for i, a redder band
+# than the model was trained on).
 _Q1 = "real/euclid/EUCLJ{}.fits"
 FIXTURES = [
-    ("lens", "EUCLJ174517.55+655612.5",
-     {"VIS": [(_Q1.format("174517.55+655612.5"), "VIS_FLUX", None)],
-      "gri": [(_Q1.format("174517.55+655612.5"), f"{b}_FLUX", None)
-              for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]}),
-    ("lens", "EUCLJ174752.17+660743.0",
-     {"VIS": [(_Q1.format("174752.17+660743.0"), "VIS_FLUX", None)],
-      "gri": [(_Q1.format("174752.17+660743.0"), f"{b}_FLUX", None)
-              for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]}),
-    ("lens", "ERO_ID_37174", {"VIS": [("real/euclid/ERO_ID_37174.fits", 0, None)]}),
-    ("non-lens", "Cut_HSC", {"VIS": [("real/hsc/Cut_HSC.fits", 0, 2)],
-                             "gri": [("real/hsc/Cut_HSC.fits", 0, p) for p in range(3)]}),
-    ("non-lens", "KiDS-test", {"gri": [(f"real_backgrounds/kids/KiDS-test_{b}.fits", 0, None)
-                                       for b in "gri"]}),
-    ("non-lens", "Cut_HST_COSMOS", {"VIS": [("real/hst/Cut_HST_COSMOS.fits", 0, None)]}),
-    *[("non-lens", f"AEGIS_F814w[{h}]", {"VIS": [("real/hst/AEGIS_F814w_images_01.fits", h, None)]})
-      for h in range(3)],
+    *[("lens", f"EUCLJ{q}", {"VIS": [(_Q1.format(q), "VIS", None, None)],
+                              "gri": [(_Q1.format(q), b, None, None)
+                                      for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]})
+      for q in ("174517.55+655612.5", "174752.17+660743.0")],
+    ("lens", "ERO_ID_37174", {"VIS": [("real/euclid/ERO_ID_37174.fits", None, None, None)]}),
+    ("non-lens", "Cut_HSC", {"VIS": [("real/hsc/Cut_HSC.fits", None, None, 2)],
+                             "gri": [("real/hsc/Cut_HSC.fits", None, None, p) for p in range(3)]}),
+    ("non-lens", "KiDS-test", {"gri": [(f"real_backgrounds/kids/KiDS-test_{b}.fits", None, None,
+                                        None) for b in "gri"]}),
+    ("non-lens", "Cut_HST_COSMOS", {"VIS": [("real/hst/Cut_HST_COSMOS.fits", None, None, None)]}),
+    *[("non-lens", f"AEGIS_F814w[{h}]",
+       {"VIS": [("real/hst/AEGIS_F814w_images_01.fits", None, h, None)]}) for h in range(3)],
 ]
 # the AEGIS stamps carry no WCS: 0.03"/px from their catalogue
 PIXEL_SCALE = {"real/hst/AEGIS_F814w_images_01.fits": 0.03}
@@ -94,17 +92,18 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
     for label, name, views in FIXTURES:
         if view not in views:
             continue
-        planes = [load_sky_cutout(DATA / f, hdu, plane, PIXEL_SCALE.get(f))
-                  for f, hdu, plane in views[view]]
+        planes = [load_sky_cutout(DATA / f, hdu, plane, PIXEL_SCALE.get(f),
+                                  bands=[band] if band else None)
+                  for f, band, hdu, plane in views[view]]
         x = fit_cutouts(np.stack([p for p, _ in planes])[None], planes[0][1], config)
         out.append((label, name, x))
     return out
 
 
 def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
+    from pipeline.metrics import roc_auc
     from pipeline.models import load_checkpoint, load_pretrained, predict
     from pipeline.train.evaluate import evaluate_model
-    from pipeline.train.metrics import roc_auc
 
     model, config = load_pretrained("lens-detect") if ckpt == "shipped" else load_checkpoint(ckpt)
     view = view_of(config)

@@ -266,7 +266,9 @@ def test_simulate_on_ray_writes_shards_manifest_and_reads_back(ray_local, tmp_pa
     bands = get_preset("euclid-vis").bands
     pulls = np.concatenate([((r["image"] - r["clean"]) / noise_sigma(r["clean"], bands)).ravel()
                             for r in rows[:8]])
-    assert pulls.std() == pytest.approx(1.0, rel=0.05)  # noise = sky + read + Poisson, as modelled
+    # noise = sky + read + Poisson, as modelled (robust width: artefacts are the far tail)
+    assert 1.4826 * np.median(np.abs(pulls - np.median(pulls))) == pytest.approx(1.0, rel=0.05)
+    assert (np.abs(pulls) > 6).mean() < 0.01
 
     # the same seed again gives the same bytes; an existing output is not overwritten silently
     with pytest.raises(FileExistsError):

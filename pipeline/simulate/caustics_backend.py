@@ -13,8 +13,7 @@ conventions translated here:
 - surface brightness x pixel area = e-/s per pixel, binned from the supersampled grid; then
   ``optics.observe`` (dust, stars, the scene's PSF at pixel resolution), as for lenstronomy.
 
-On a cluster the shards run on Ray actors that take a GPU each when the cluster has GPUs
-(``num_gpus=1``), else one CPU each.
+It only renders; ``generate`` runs it on Ray actors (a GPU each when the cluster has GPUs).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pipeline.simulate.optics import observe
 from pipeline.simulate.render import amplitudes, lens_kwargs
 from pipeline.simulate.scenes import Light, Scene
 
-BATCH = 32  # no gain beyond ~32 per vmap call on CPU (shared simulation notes)
+BATCH = 32  # no gain beyond ~32 scenes per vmap call on CPU (measured)
 _FAR = 1e3
 
 
@@ -205,37 +204,3 @@ class CausticsRenderer:
             idx = order[i: i + batch]
             clean[idx], arcs[idx] = self.render_batch([scenes[j] for j in idx])
         return clean, arcs
-
-
-class CausticsShardMaker:
-    """A Ray actor body: keeps one renderer (and its device) alive across shards."""
-
-    def __init__(self, preset: Preset):
-        self.renderer = CausticsRenderer(preset)
-
-    def make_shard(self, cfg, spec) -> dict:
-        from pipeline.simulate.generate import finish_shard, shard_scenes
-
-        scenes, rngs = shard_scenes(cfg, spec)
-        clean, arcs = self.renderer.render_many(scenes)
-        return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
-
-
-def submit_caustics(cfg, specs):
-    """Start caustics actors (one GPU each when the cluster has GPUs) and submit every shard.
-
-    Returns (object refs, actors); the caller kills the actors when the refs are done.
-    """
-    import ray
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus:
-        n_actors, opts = min(gpus, len(specs)), {"num_gpus": 1, "num_cpus": 1}
-    else:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        n_actors, opts = max(1, min(cpus // 2, len(specs))), {"num_cpus": 1}
-    actor_cls = ray.remote(**opts)(CausticsShardMaker)
-    actors = [actor_cls.remote(cfg.preset) for _ in range(n_actors)]
-    cfg_ref = ray.put(cfg)
-    refs = [actors[i % n_actors].make_shard.remote(cfg_ref, s) for i, s in enumerate(specs)]
-    return refs, actors

@@ -29,7 +29,6 @@ companions, blends; single rows in the proportions of ``priors.nonlens_kinds``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.io.files import sha256_file
 from pipeline.simulate.instruments import ConfigError, Preset, get_preset
 from pipeline.simulate.priors import HARD_NEGATIVES, LENS_KIND, Priors, default_priors
 from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene, unlensed
@@ -241,7 +241,7 @@ def finish_shard(cfg: SimConfig, spec: ShardSpec, scenes, rngs, clean_imgs, arcs
                             clean=clean_imgs.astype(np.float32) if cfg.clean else None,
                             header=header, overwrite=True)
     classes = Counter(lab[cfg.class_column()] for lab in labels)
-    return {"path": str(path), "split": spec.split, "n": spec.n, "sha256": _sha256(path),
+    return {"path": str(path), "split": spec.split, "n": spec.n, "sha256": sha256_file(path),
             "spawn_key": list(spec.spawn_key), "counts": dict(sorted(classes.items()))}
 
 
@@ -257,14 +257,6 @@ def make_shard(cfg: SimConfig, spec: ShardSpec) -> dict:
         r = renderer.render(scene)
         clean[i], arcs[i] = r.clean, r.arcs
     return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -369,6 +361,40 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
+class CausticsShardMaker:
+    """A Ray actor body: keeps one caustics renderer (and its device) alive across shards."""
+
+    def __init__(self, preset: Preset):
+        from pipeline.simulate.caustics_backend import CausticsRenderer
+
+        self.renderer = CausticsRenderer(preset)
+
+    def make_shard(self, cfg: SimConfig, spec: ShardSpec) -> dict:
+        scenes, rngs = shard_scenes(cfg, spec)
+        clean, arcs = self.renderer.render_many(scenes)
+        return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
+
+
+def _submit_caustics(cfg: SimConfig, specs: list[ShardSpec]):
+    """Start caustics actors (one GPU each when the cluster has GPUs) and submit every shard.
+
+    Returns (object refs, actors); the caller kills the actors when the refs are done.
+    """
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        n_actors, opts = min(gpus, len(specs)), {"num_gpus": 1, "num_cpus": 1}
+    else:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n_actors, opts = max(1, min(cpus // 2, len(specs))), {"num_cpus": 1}
+    actor_cls = ray.remote(**opts)(CausticsShardMaker)
+    actors = [actor_cls.remote(cfg.preset) for _ in range(n_actors)]
+    cfg_ref = ray.put(cfg)
+    refs = [actors[i % n_actors].make_shard.remote(cfg_ref, s) for i, s in enumerate(specs)]
+    return refs, actors
+
+
 def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
     """Make every shard on Ray, with a progress bar over finished shards."""
     from tqdm.auto import tqdm
@@ -378,9 +404,7 @@ def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
     ray = ensure_ray()
     actors = []
     if cfg.backend == "caustics":
-        from pipeline.simulate.caustics_backend import submit_caustics
-
-        pending, actors = submit_caustics(cfg, specs)
+        pending, actors = _submit_caustics(cfg, specs)
     else:
         task = ray.remote(num_cpus=1, max_retries=2)(make_shard)
         cfg_ref = ray.put(cfg)

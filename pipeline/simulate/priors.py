@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from pipeline.io.schema import SUBSTRUCTURE_CLASSES
 from pipeline.simulate.instruments import ConfigError, Preset
 
 Range = tuple[float, float]
@@ -30,8 +31,8 @@ NONLENS_KINDS: dict[str, float] = {
 HARD_NEGATIVES = ("spiral", "ring_galaxy", "companion", "background_blend")
 LENS_KIND = "lens"
 
-# Substructure task: three classes as DeepLense.
-SUBSTRUCTURE_CLASSES: tuple[str, ...] = ("no_sub", "cdm", "vortex")
+# Substructure task: three classes as DeepLense (SUBSTRUCTURE_CLASSES, named with the other label
+# columns in pipeline.io.schema).
 
 # ----------------------------------------------------------------------------- colours
 # Colours relative to the reference band (mag offset per band), for the ground-gri preset:

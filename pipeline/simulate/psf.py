@@ -1,7 +1,7 @@
 """Point-spread functions: real survey PSFs where the project has them, varied per image.
 
-A preset names a PSF library (``pipeline/data/psf/<name>.fits``: one normalised kernel per HDU,
-``BAND`` and ``PIXSCALE`` in its header; the files say where each PSF comes from) or, without
+A preset names a PSF library (``pipeline/data/psf/<name>.fits``: a cube shard of normalised
+kernels with ``band``, ``pixel_scale`` and ``origin`` columns; see its README) or, without
 one, uses a Gaussian of each band's seeing. Every lens-task image draws its own PSF: a library
 kernel of its band, widened or narrowed by a factor from ``preset.psf_scale`` and sheared to an
 ellipticity up to ``preset.psf_ellipticity`` at a random angle (seeing, focus and tracking vary
@@ -52,17 +52,18 @@ def taper(kernel: np.ndarray, inner: float = 0.6) -> np.ndarray:
 @functools.cache
 def library(name: str) -> dict[str, tuple[np.ndarray, ...]]:
     """Tapered kernels per band name of the PSF library ``name`` (read once per process)."""
-    from astropy.io import fits
+    from pipeline.io import read_fits_file
 
     path = LIBRARY_DIR / f"{name}.fits"
+    rows = read_fits_file(str(path))
+    if any(rows["error"]):
+        raise ValueError(f"{path}: {next(e for e in rows['error'] if e)}")
     out: dict[str, list[np.ndarray]] = {}
-    with fits.open(path, memmap=False) as hdul:
-        for hdu in hdul[1:]:
-            k = np.asarray(hdu.data, dtype=np.float64)
-            if k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[0] != k.shape[1]:
-                raise ValueError(f"{path}[{hdu.name}]: PSF kernels must be odd and square, "
-                                 f"got {k.shape}")
-            out.setdefault(str(hdu.header["BAND"]), []).append(taper(k))
+    for kernel, band in zip(rows["image"], rows["band"], strict=True):
+        k = np.asarray(kernel[0], dtype=np.float64)
+        if k.shape[0] % 2 == 0 or k.shape[0] != k.shape[1]:
+            raise ValueError(f"{path}: PSF kernels must be odd and square, got {k.shape}")
+        out.setdefault(str(band), []).append(taper(k))
     return {b: tuple(v) for b, v in out.items()}
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.io.schema import IS_LENS, SUBSTRUCTURE_CLASS
 from pipeline.simulate import galaxies as gal
 from pipeline.simulate import psf as _psf
 from pipeline.simulate import substructure as sub
@@ -30,7 +31,7 @@ from pipeline.simulate.priors import LENS_KIND, SUBSTRUCTURE_CLASSES, Priors
 # Label columns of each task, with the value used when a label does not apply to a row.
 NAN = float("nan")
 LENS_LABELS: dict[str, object] = {
-    "is_lens": 0, "kind": "", "theta_e": 0.0, "mag_source": NAN, "mag_lens": NAN,
+    IS_LENS: 0, "kind": "", "theta_e": 0.0, "mag_source": NAN, "mag_lens": NAN,
     "snr_arcs": 0.0, "z_lens": NAN, "z_source": NAN, "gamma_slope": NAN, "e1_lens": NAN,
     "e2_lens": NAN, "gamma1": NAN, "gamma2": NAN, "x_lens": 0.0, "y_lens": 0.0,
     "x_source": NAN, "y_source": NAN, "r_eff_source": NAN, "r_eff_lens": NAN, "n_clumps": 0,
@@ -38,7 +39,7 @@ LENS_LABELS: dict[str, object] = {
 }
 SUBSTRUCTURE_LABELS: dict[str, object] = {
     **LENS_LABELS,
-    "substructure": 0, "substructure_class": "", "log10_m_axion": NAN, "sigma_sub": 0.0,
+    SUBSTRUCTURE_CLASS: 0, "substructure_class": "", "log10_m_axion": NAN, "sigma_sub": 0.0,
     "n_subhalos": 0, "log10_m_vortex": NAN, "vortex_length": 0.0,
 }
 TASK_LABELS = {"lens": LENS_LABELS, "substructure": SUBSTRUCTURE_LABELS}
@@ -118,7 +119,7 @@ def _add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Pri
     z_l, z_s = _redshifts(rng, priors)
     scene.kind = LENS_KIND
     scene.labels.update({
-        "is_lens": 1, "kind": LENS_KIND, "theta_e": theta_e, "mag_source": mag_s,
+        IS_LENS: 1, "kind": LENS_KIND, "theta_e": theta_e, "mag_source": mag_s,
         "z_lens": z_l, "z_source": z_s, "gamma_slope": slope, "e1_lens": e1, "e2_lens": e2,
         "gamma1": g1, "gamma2": g2, "x_source": src_c[0], "y_source": src_c[1], **sinfo})
     return scene
@@ -144,7 +145,7 @@ def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
     scene = Scene("galaxy", light=light, stars=gal.stars(rng, preset, priors), dust=dust,
                   psf=_psf.draw_psfs(rng, preset), noise_corr=u(rng, preset.noise_corr),
                   artefacts=True)
-    scene.labels = {"is_lens": 0, "kind": kind, "mag_lens": info["mag_lens"],
+    scene.labels = {IS_LENS: 0, "kind": kind, "mag_lens": info["mag_lens"],
                     "r_eff_lens": info["r_eff_lens"], "galaxy_type": info["galaxy_type"],
                     "x_lens": centre[0], "y_lens": centre[1], "n_neighbours": len(around),
                     "n_stars": len(scene.stars)}
@@ -185,7 +186,7 @@ def _add_substructure(rng, scene: Scene, priors: Priors, cls: str) -> Scene:
     lc = sub.lens_cosmo(lab["z_lens"], lab["z_source"])
     kpc_per_arcsec = lc.dd * 1e3 / 206264.806
     centre = (lab["x_lens"], lab["y_lens"])
-    lab.update({"substructure": SUBSTRUCTURE_CLASSES.index(cls), "substructure_class": cls,
+    lab.update({SUBSTRUCTURE_CLASS: SUBSTRUCTURE_CLASSES.index(cls), "substructure_class": cls,
                 "log10_m_axion": u(rng, priors.log10_m_axion), "sigma_sub": 0.0})
     if cls == "cdm":
         sigma_sub = u(rng, priors.sigma_sub)

@@ -143,7 +143,7 @@ def train_loop_per_worker(cfg: dict) -> None:
 def training_layout(model):
     """``torch.channels_last`` unless the network has a 1x1 convolution with fewer than 16 input
     channels: on AVX-512 CPUs oneDNN's channels-last 1x1 weight gradient (torch 2.13, oneDNN
-    3.12) corrupts the heap for those (seen with d4_resnet widths 8 and 12, not 16 or more)."""
+    3.12) corrupts the heap for those (seen with widths 8 and 12, not 16 or more)."""
     import torch
 
     small = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels < 16

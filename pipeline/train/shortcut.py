@@ -72,7 +72,7 @@ def fit_auc(x_train, y_train, x_test, y_test, seed: int = 0) -> float:
     """Held-out AUC of gradient boosting fitted on (x_train, y_train)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from pipeline.train.metrics import roc_auc
+    from pipeline.metrics import roc_auc
 
     clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed)
     clf.fit(x_train, y_train)
