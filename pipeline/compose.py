@@ -71,18 +71,54 @@ def check_order(stages: Sequence[Stage]) -> None:
         available.update(stage.writes)
 
 
+def check_geometry(stages: Sequence[Stage]) -> None:
+    """Raise ValueError if a model stage reads an image that an earlier model stage (the
+    denoiser) made at another geometry: its output is at its own bands, pixel scale and size."""
+    made = None  # (stage, geometry) that last replaced the image
+    for stage in stages:
+        geometry = getattr(stage, "geometry", None)
+        if geometry and made and schema.IMAGE in stage.reads and not _same(geometry, made[1]):
+            raise ValueError(f"{type(stage).__name__} takes {_describe(geometry)}, but "
+                             f"{type(made[0]).__name__} before it makes {_describe(made[1])}: "
+                             "give them checkpoints of one geometry")
+        if schema.IMAGE in stage.writes:
+            made = (stage, geometry) if geometry else None
+
+
+def _same(a: dict, b: dict) -> bool:
+    return ([x.lower() for x in a["bands"]] == [x.lower() for x in b["bands"]]
+            and a["size"] == b["size"] and abs(a["pixel_scale"] / b["pixel_scale"] - 1) <= 1e-3)
+
+
+def _describe(g: dict) -> str:
+    return f"bands {','.join(g['bands'])} at {g['pixel_scale']:.4g}\"/px, {g['size']} px"
+
+
 class Pipeline:
     """An ordered list of stages, run over a Ray Dataset of cutout rows.
 
     Args:
         stages: Stage specs, e.g. ``[Denoise(), LensDetect(threshold=0.9), Substructure()]``;
-            any subset in a sensible order (checked by :func:`check_order`), custom stages too.
+            any subset in a sensible order (checked by :func:`check_order` and
+            :func:`check_geometry`), custom stages too.
     """
 
     def __init__(self, stages: Sequence[Stage], *, fuse: bool | None = None):
         self.stages = list(stages)
         self.fuse = fuse
         check_order(self.stages)
+        check_geometry(self.stages)
+
+    @classmethod
+    def for_survey(cls, survey: str, stages: Sequence[str] | None = None, *,
+                   fuse: bool | None = None, **options) -> Pipeline:
+        """The cascade of ``survey``'s shipped models (``pipeline.surveys``): by default every
+        stage it ships weights for, e.g. ``Pipeline.for_survey("ground-gri")``; ``options``
+        as :func:`pipeline.stages.build_stages` takes them (``checkpoints=``, ``threshold=``...).
+        """
+        from pipeline.stages import build_stages
+
+        return cls(build_stages(stages, survey=survey, **options), fuse=fuse)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.stages!r})"
@@ -112,12 +148,16 @@ class Pipeline:
         *,
         bands: Sequence[str] | None = None,
         size: int | None = None,
+        pixel_scale: float | None = None,
         strict: bool = False,
         drop: Sequence[str] = (),
     ):
         """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs, or
         the :class:`~pipeline.io.Inputs` already listed), as ``run(read_cutouts(paths, bands,
-        size, strict=strict), drop=drop)`` gives them, in the same order (lazy too).
+        size, geometry=True, pixel_scale=pixel_scale, strict=strict), drop=drop)`` gives them,
+        in the same order (lazy too). The rows carry their pixel scale and band names, so each
+        model stage fits them to its checkpoint; ``bands`` and ``size`` only narrow what is
+        read (native pixels), ``pixel_scale`` overrides every file's.
 
         When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
@@ -130,10 +170,11 @@ class Pipeline:
 
         inputs = list_inputs(paths)
         resources = ray.cluster_resources()
-        if not self.reads_in_actors(resources):
-            return self.run(read_cutouts(inputs, bands, size, strict=strict), drop=drop)
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
-                              strict=strict)
+                              strict=strict, geometry=True, pixel_scale=pixel_scale)
+        if not self.reads_in_actors(resources):
+            return self.run(read_cutouts(inputs, bands, size, strict=strict, geometry=True,
+                                         pixel_scale=pixel_scale), drop=drop)
         args = self.map_args(ReadChain(self.stages, read=options), resources)
         args["fn_constructor_kwargs"]["filesystem"] = inputs.filesystem
         args["batch_size"] = 1  # one group of files per call

@@ -15,15 +15,20 @@ def run_demo(out: str | os.PathLike, *, n: int = 300, seed: int = 0, lens_fracti
     The field is simulated once: a rerun reuses it (and the finished shards of the catalogue).
     """
     from pipeline.run import run_cascade
-    from pipeline.simulate import read_manifest, shard_paths, simulate
+    from pipeline.simulate import get_preset, read_manifest, shard_paths, simulate
     from pipeline.surveys import get_survey
 
     out = Path(out)
     field = out / "demo-field"
+    chosen = get_survey(survey)
+    preset = get_preset(chosen.preset)
     try:
         read_manifest(field)
     except (FileNotFoundError, OSError):
-        simulate(get_survey(survey).preset, "lens", n=n, seed=seed, out=field,
+        simulate(preset.name, "lens", n=n, seed=seed, out=field,
                  priors={"lens_fraction": lens_fraction}, split_fractions=(0.0, 0.0, 1.0),
                  shard_size=max(1, -(-n // 4)), overwrite=True, progress=progress)
-    return run_cascade(shard_paths(field, "test"), out, progress=progress, **cascade_kwargs)
+    # the field is at its preset's pixel scale, whether or not its shards say so
+    cascade_kwargs["pixel_scale"] = cascade_kwargs.get("pixel_scale") or preset.pixel_scale
+    return run_cascade(shard_paths(field, "test"), out, survey=chosen.name, progress=progress,
+                       **cascade_kwargs)

@@ -42,12 +42,16 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
     return table.take(pa.array(order)).to_pylist()
 
 
-def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
-    """The image of each row, read again from its source file (None if it cannot be)."""
+def _cutouts(rows: list[dict], bands, size, pixel_scale=None,
+             fit_to: dict | None = None) -> list[np.ndarray | None]:
+    """The image of each row, read again from its source file (None if it cannot be) and,
+    with ``fit_to`` (a checkpoint config's bands, pixel_scale, size and task), fitted to it as
+    the model saw it (``pipeline.models.fit_rows``)."""
     from pipeline.io import ReadOptions, read_fits_file
     from pipeline.io.schema import IMAGE, SOURCE
 
-    options = ReadOptions(bands=tuple(bands) if bands else None, size=size)
+    options = ReadOptions(bands=tuple(bands) if bands else None, size=size,
+                          geometry=fit_to is not None, pixel_scale=pixel_scale)
     by_source: dict[str, dict] = {}
     images = []
     for row in rows:
@@ -55,7 +59,14 @@ def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
         if src not in by_source:
             try:  # local paths and URIs alike, with a cube shard's sibling catalogue (its ids)
                 batch = read_fits_file(src, options)
-                by_source[src] = dict(zip(batch[ID].tolist(), batch[IMAGE], strict=True))
+                pictures = list(batch[IMAGE])
+                if fit_to is not None:
+                    from pipeline.models import fit_rows
+
+                    fit = fit_rows(batch, fit_to)
+                    pictures = [f if ok else p for f, ok, p in zip(fit.images, fit.ok, pictures,
+                                                                   strict=True)]
+                by_source[src] = dict(zip(batch[ID].tolist(), pictures, strict=True))
             except Exception:  # a gallery must not fail a finished run
                 by_source[src] = {}
         images.append(by_source[src].get(row.get(ID)))
@@ -96,8 +107,11 @@ def _label(row: dict) -> tuple[str, str]:
 
 
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size=None,
-                  columns: int = 4) -> Path:
-    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``."""
+                  pixel_scale=None, fit_to: dict | None = None, columns: int = 4,
+                  title: str | None = None) -> Path:
+    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``, re-read with
+    the run's ``bands``, ``size`` and ``pixel_scale`` and fitted to ``fit_to`` (see
+    :func:`_cutouts`); ``title`` above them (default: the top candidates)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +122,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = _cutouts(rows, bands, size)
+    images = _cutouts(rows, bands, size, pixel_scale, fit_to)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):
@@ -124,7 +138,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
                                              "edgecolor": "none"})
     if not rows:
         axes.flat[0].text(0.5, 0.5, "no candidates", ha="center", va="center")
-    fig.suptitle(f"lensray: top {len(rows)} candidates by p_lens", fontsize=10)
+    fig.suptitle(title or f"lensray: top {len(rows)} candidates by p_lens", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.0 * nrow)), h_pad=1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

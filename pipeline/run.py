@@ -6,10 +6,16 @@ Lists the inputs once, streams the files that are not finished yet through
 :meth:`pipeline.compose.Pipeline.run_files` (read, then the stages) and hands the ordered output
 rows to a :class:`pipeline.io.CatalogStore`, which writes per input file (shard)::
 
-    OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, stage columns, versions
-    OUT/errors/<shard>.parquet    rows that could not be read, with the reason
+    OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, pixel_scale, band_names,
+                                  stage columns, resample_factor, survey, versions
+    OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model, with the reason
     OUT/_shards/<shard>.json      written last: the shard is finished (row counts)
-    OUT/_shards/_options.json     what the catalogue was computed with (a rerun must match)
+    OUT/_shards/_options.json     what the catalogue was computed with, written with the first
+                                  finished shard (a rerun resuming finished shards must match)
+
+Which models run: ``survey``'s shipped ones (``pipeline.surveys``), chosen from the inputs' band
+names when not given (:func:`choose_survey`); each model stage fits every row to its own
+bands, pixel scale and size.
 
 then writes ``OUT/summary.json`` (counts: rows in = catalogue + errors, timings, throughput) and
 ``OUT/gallery.png`` (the top candidates with their scores).
@@ -24,6 +30,7 @@ the others whole, so an interrupted run never leaves a duplicate or a half shard
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -31,29 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import schema
-from pipeline.models.tasks import STAGES
 
-
-def build_stages(
-    stages: Sequence[str] = STAGES,
-    *,
-    threshold: float = 0.5,
-    top_fraction: float | None = None,
-    batch_size: int = 256,
-    checkpoints: dict[str, str | os.PathLike | None] | None = None,
-    precision: str = "fp32",
-) -> list:
-    """Stage specs for the named stages (validated now: bad checkpoints fail before any work)."""
-    from pipeline.stages import STAGE_CLASSES, LensDetect
-
-    checkpoints = checkpoints or {}
-    unknown = set(stages) - set(STAGES) or set(checkpoints) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGES)})")
-    options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
-    return [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), batch_size=batch_size,
-                                precision=precision, **options.get(STAGE_CLASSES[name], {}))
-            for name in stages]
+log = logging.getLogger(__name__)
+SAMPLE_FILES = 4  # files read on the driver to choose a survey from their band names
 
 
 def run_cascade(
@@ -62,7 +49,9 @@ def run_cascade(
     *,
     bands: Sequence[str] | None = None,
     size: int | None = None,
-    stages: Sequence[str] | Sequence[Any] = STAGES,
+    survey: str | None = None,
+    pixel_scale: float | None = None,
+    stages: Sequence[str] | Sequence[Any] | None = None,
     threshold: float = 0.5,
     top_fraction: float | None = None,
     batch_size: int = 256,
@@ -79,9 +68,15 @@ def run_cascade(
     Args:
         inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`).
         out: output directory (created; an existing one is resumed).
-        bands, size: passed to ``read_cutouts`` (must match what the models expect).
-        stages: stage names in order (any of ``pipeline.models.STAGES``), or
-            ready Stage objects (your own included).
+        bands, size: read only these bands / centre-crop native pixels to ``size`` (None:
+            all bands, native shapes); each model stage then fits the rows to its checkpoint's
+            bands, pixel scale and size (``pipeline.models.fit_rows``).
+        survey: whose shipped models to run (``pipeline.surveys``); None chooses from the band
+            names of the first files (:func:`choose_survey`), falling back to the default.
+        pixel_scale: arcsec/px of every input row, instead of what the headers say.
+        stages: stage names in order (any of ``pipeline.models.STAGES``; None: every stage the
+            survey ships weights for or ``checkpoints`` names), or ready Stage objects (your
+            own included).
         threshold / top_fraction: the detector's candidate cut (see ``LensDetect``).
         batch_size: rows per model batch.
         checkpoints: stage name -> checkpoint directory; missing names use shipped weights.
@@ -100,34 +95,38 @@ def run_cascade(
     """
     from pipeline import __version__
     from pipeline.compose import Pipeline
-    from pipeline.io import CatalogStore, list_inputs
+    from pipeline.io import CatalogStore, ReadOptions, list_inputs
     from pipeline.io.catalog import CATALOG_DIR
     from pipeline.io.writers import write_json
-    from pipeline.stages import Stage
+    from pipeline.stages import Stage, build_stages
+    from pipeline.surveys import get_survey
 
     t0 = time.perf_counter()
     if buffer_gib is not None and not buffer_gib > 0:
         raise ValueError(f"buffer_gib must be > 0, got {buffer_gib}")
+    ReadOptions(bands=bands, size=size, pixel_scale=pixel_scale)  # bad options fail first
     out = Path(out)
-    if all(isinstance(s, Stage) for s in stages) and stages:
-        stage_objs = list(stages)
-    else:
-        stage_objs = build_stages(stages, threshold=threshold, top_fraction=top_fraction,
-                                  batch_size=batch_size, checkpoints=checkpoints,
-                                  precision=precision)
-    pipeline = Pipeline(stage_objs, fuse=fuse)
     listed = list_inputs(inputs)  # the one listing of this run (sizes included)
     files = list(listed.files)
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
                          ", ".join(sorted({f for f in files if files.count(f) > 1})))
+    if stages and all(isinstance(s, Stage) for s in stages):
+        stage_objs, chosen = list(stages), None
+    else:
+        chosen = ({"name": get_survey(survey).name, "by": "--survey"} if survey
+                  else choose_survey(listed, pixel_scale))
+        stage_objs = build_stages(stages, survey=chosen["name"], threshold=threshold,
+                                  top_fraction=top_fraction, batch_size=batch_size,
+                                  checkpoints=checkpoints, precision=precision)
+    pipeline = Pipeline(stage_objs, fuse=fuse)
     store = CatalogStore(out, files)
-    store.check_options(_options_spec(stage_objs, bands, size))
+    store.check_options(_options_spec(stage_objs, bands, size, pixel_scale))
 
     t_cascade = time.perf_counter()
     if store.pending:
         _stream(pipeline, listed.subset(store.pending), store, bands=bands, size=size,
-                strict=strict, progress=progress, buffer_gib=buffer_gib)
+                pixel_scale=pixel_scale, strict=strict, progress=progress, buffer_gib=buffer_gib)
     t_written = time.perf_counter()
 
     total = store.totals()
@@ -140,6 +139,7 @@ def run_cascade(
         "total": total,
         "adds_up": total["rows"] == total["good"] + total["errors"]
         == total["catalog_parquet_rows"] + total["errors_parquet_rows"],
+        "survey": chosen,
         "stages": [{"stage": type(s).__name__, "options": s.options, "batch_size": s.batch_size}
                    for s in stage_objs],
         "models": store.models,
@@ -153,14 +153,58 @@ def run_cascade(
 
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
-        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size))
+        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size,
+                                               pixel_scale=pixel_scale,
+                                               fit_to=first_model(stage_objs)))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     write_json(out / "summary.json", summary)
     return summary
 
 
-def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gib) -> None:
+def first_model(stages) -> dict | None:
+    """The geometry and task of the first model stage (what the gallery fits cutouts to)."""
+    model = next((s for s in stages if getattr(s, "geometry", None)), None)
+    return {**model.geometry, "task": model.task} if model is not None else None
+
+
+def choose_survey(inputs, pixel_scale: float | None = None) -> dict:
+    """The survey whose models suit ``inputs`` (:class:`pipeline.io.Inputs`), from the band
+    names of the first :data:`SAMPLE_FILES` files (read here, on the driver): the survey most
+    of them name (``pipeline.surveys.survey_for_bands``), else the default survey. Logs and
+    returns ``{"name": ..., "by": why}``."""
+    from collections import Counter
+
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.surveys import DEFAULT_SURVEY, SURVEYS, get_survey, survey_for_bands
+
+    options = ReadOptions(geometry=True, pixel_scale=pixel_scale)
+    sample = list(inputs.files[:SAMPLE_FILES])
+    votes: Counter = Counter()
+    named: set[str] = set()
+    for path in sample:
+        rows = read_fits_file(path, options, inputs.filesystem)
+        names = {n for n, e in zip(rows[schema.BAND_NAMES], rows[schema.ERROR], strict=True)
+                 if n and e is None}
+        named |= names
+        votes.update({s.name for s in map(survey_for_bands, (n.split(",") for n in names)) if s})
+    if votes:
+        order = list(SURVEYS)
+        name = max(votes, key=lambda k: (votes[k], -order.index(k)))
+        why = (f"survey {name}: the band names of {votes[name]} of the first {len(sample)} "
+               f"input files are its ({', '.join(get_survey(name).bands)}); pass --survey to choose")
+        log.info(why)
+    else:
+        name = DEFAULT_SURVEY
+        has = f"band names {', '.join(sorted(named))}" if named else "no band names"
+        why = (f"survey {name} (the default): the first {len(sample)} input files have {has}, "
+               f"none of a known survey; pass --survey NAME (known: {', '.join(SURVEYS)})")
+        log.warning(why)
+    return {"name": name, "by": why}
+
+
+def _stream(pipeline, inputs, store, *, bands, size, pixel_scale, strict, progress,
+            buffer_gib) -> None:
     """Read ``inputs``, run the stages and hand every output block to ``store``, in order."""
     from tqdm import tqdm
 
@@ -178,7 +222,8 @@ def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gi
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = pipeline.run_files(inputs, bands=bands, size=size, strict=strict, drop=[schema.IMAGE])
+        ds = pipeline.run_files(inputs, bands=bands, size=size, pixel_scale=pixel_scale,
+                                strict=strict, drop=[schema.IMAGE, schema.IMAGE_SCALE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -196,13 +241,13 @@ def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gi
         options.preserve_order, options.resource_limits, ctx.enable_progress_bars = saved
 
 
-def _options_spec(stages, bands, size) -> dict:
+def _options_spec(stages, bands, size, pixel_scale) -> dict:
     """What decides the catalogue's values, one key per setting ("LensDetect.threshold"): the
-    stages in order with their options, bands and size (not the device; the batch size only
-    where a per-batch top fraction makes it count)."""
+    stages in order with their options (survey, checkpoint...), bands, size and pixel scale (not
+    the device; the batch size only where a per-batch top fraction makes it count)."""
     names = [type(s).__name__ for s in stages]
     spec = {"bands": list(bands) if bands is not None else None, "size": size,
-            "stages": ",".join(names)}
+            "pixel_scale": pixel_scale, "stages": ",".join(names)}
     for i, (name, stage) in enumerate(zip(names, stages, strict=True)):
         label = name if names.count(name) == 1 else f"{name}#{i + 1}"  # chained denoisers
         opts = {k: v for k, v in stage.options.items() if k != "device"}

@@ -10,6 +10,8 @@ All stages share one protocol, implemented once in :class:`Stage`:
 
 - ``select(batch)`` picks the rows to compute on (default: rows read without error);
 - ``compute(rows)`` gets a writable NumPy batch of only those rows and returns new columns;
+  it may also return an ``error`` column: rows with a reason become error rows (their new
+  columns null), so a row the stage cannot take never stops the job;
 - ``__call__`` puts the columns back in place; rows not computed keep an existing column's
   value or get a null (NaN for floats, ``None`` for strings, ``False`` for flags). No row is
   ever dropped, so ``rows in = rows out`` at every stage.
@@ -30,8 +32,9 @@ import numpy as np
 
 from pipeline.io import schema
 from pipeline.io.schema import CANDIDATE
-from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, SUBSTRUCTURE
+from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, STAGES, SUBSTRUCTURE
 from pipeline.precision import check_precision
+from pipeline.surveys import get_survey
 
 
 class Stage:
@@ -110,31 +113,41 @@ class Stage:
         n = len(batch[schema.ID])
         batch = schema.restore_nulls(batch)  # a batch without errors may arrive as NaN
         mask = np.asarray(self.select(batch), dtype=bool)
+        done = mask  # rows computed without an error (the provenance column's)
         out = dict(batch)
         if mask.any():
             # Boolean indexing copies, so compute() gets writable arrays even when Ray hands
             # over read-only zero-copy batches (torch.from_numpy needs writable memory).
-            cols = self.compute({k: np.asarray(v)[mask] for k, v in batch.items()})
-            self._template = {k: (np.asarray(v).dtype, np.shape(v)[1:]) for k, v in cols.items()}
+            cols = self._computed({k: np.asarray(v)[mask] for k, v in batch.items()})
+            failed = cols.pop(schema.ERROR, None)
+            if failed is not None and any(e is not None for e in failed):
+                rows = np.flatnonzero(mask)[[e is not None for e in failed]]
+                errors = np.array(batch.get(schema.ERROR, np.full(n, None)), dtype=object)
+                errors[rows] = [e for e in failed if e is not None]
+                out[schema.ERROR] = errors
+                done = mask.copy()
+                done[rows] = False
         else:
             cols = {}
             if self._template is None:  # learn the output columns from one row, once per actor
                 if n == 0:
                     return out  # nothing to learn from; an empty block has no rows to lose
-                self._probe(batch)
+                self._computed({k: np.array(np.asarray(v)[:1]) for k, v in batch.items()})
         for name, (dtype, shape) in self._template.items():
             out[name] = self._place(batch.get(name), cols.get(name), mask, n, dtype, shape)
         tag = self.provenance()
         if tag is not None:
             prov = np.full(n, None, dtype=object)
-            prov[mask] = tag
+            prov[done] = tag
             out[schema.provenance_column(self.name)] = prov
         return out
 
-    def _probe(self, batch: dict[str, np.ndarray]) -> None:
-        one = {k: np.array(np.asarray(v)[:1]) for k, v in batch.items()}
-        cols = self.compute(one)
-        self._template = {k: (np.asarray(v).dtype, np.shape(v)[1:]) for k, v in cols.items()}
+    def _computed(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``compute(rows)``, noting the shapes of its columns (an empty batch's template)."""
+        cols = self.compute(rows)
+        self._template = {k: (np.asarray(v).dtype, np.shape(v)[1:]) for k, v in cols.items()
+                          if k != schema.ERROR}
+        return cols
 
     @staticmethod
     def _place(existing, values, mask, n, dtype, shape) -> np.ndarray:
@@ -163,9 +176,18 @@ class Stage:
 class ModelStage(Stage):
     """A stage that runs one of lensray's models (``pipeline.models``) on the image column.
 
+    Every row is first fitted to the checkpoint's geometry (``pipeline.models.fit_rows``: its
+    bands picked by name, resampled from the row's ``pixel_scale`` to the model's, centre
+    cropped/padded to its size); a row that cannot be becomes an error row saying what the
+    model wants. Computed rows get ``resample_factor`` (native pixel scale / the model's) and
+    ``survey``.
+
     Args:
         checkpoint: checkpoint directory (``model.safetensors`` + ``config.json``); None uses
-            the shipped weights (``pipeline.models.pretrained_dir``).
+            the shipped weights of ``survey`` (``pipeline.models.pretrained_dir``).
+        survey: whose shipped weights to use and what to record in the ``survey`` column (a
+            name in ``pipeline.surveys.SURVEYS``; None: the default survey, or nothing recorded
+            for a checkpoint). A survey without weights for this stage is refused at once.
         device: "cpu", "cuda", "cuda:1"...; None picks at run time: CUDA when Ray gave the actor
             a GPU (or, outside Ray, when one is visible), else CPU.
         precision: "fp32" (default) or "bf16": autocast the network to bfloat16, faster where
@@ -177,18 +199,29 @@ class ModelStage(Stage):
     task: ClassVar[str] = ""  # the task (``pipeline.models.tasks``) whose checkpoints it runs
     uses_model = True
 
-    def __init__(self, checkpoint: str | Path | None = None, *, device: str | None = None,
-                 precision: str = "fp32", **resources):
+    def __init__(self, checkpoint: str | Path | None = None, *, survey: str | None = None,
+                 device: str | None = None, precision: str = "fp32", **resources):
+        from pipeline.models.checkpoint import has_pretrained, no_pretrained, pretrained_dir
+
         super().__init__(**resources)
         if checkpoint is not None:
             checkpoint = str(Path(checkpoint).expanduser().resolve())
-            self._check_checkpoint(Path(checkpoint))
+            config = self._check_checkpoint(Path(checkpoint))
+        elif not has_pretrained(self.task, survey):  # also checks the survey's name
+            raise FileNotFoundError(f"{type(self).__name__}: {no_pretrained(self.task, survey)}")
+        else:
+            config = self._check_checkpoint(pretrained_dir(self.task, survey))
         check_precision(precision, type(self).__name__)
-        self.options.update(checkpoint=checkpoint, device=device, precision=precision)
+        #: what the checkpoint takes: bands, pixel_scale, size (its config's)
+        self.geometry = {k: config.get(k) for k in ("bands", "pixel_scale", "size")}
+        self.survey = get_survey(survey).name if survey or checkpoint is None else None
+        self.options.update(checkpoint=checkpoint, survey=survey, device=device,
+                            precision=precision)
         self.model = self.config = None
 
-    def _check_checkpoint(self, directory: Path) -> None:
-        """Fail on the driver, before any work, if the checkpoint is missing or for another task."""
+    def _check_checkpoint(self, directory: Path) -> dict:
+        """The checkpoint's config; fails on the driver, before any work, if the checkpoint is
+        missing, for another task or without a pixel scale."""
         cfg_file = directory / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(
@@ -196,14 +229,18 @@ class ModelStage(Stage):
                 "directory with model.safetensors and config.json)"
             )
         try:
-            task = json.loads(cfg_file.read_text()).get("task")
+            config = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-        if task != self.task:
+        if config.get("task") != self.task:
             raise ValueError(
-                f"{directory}: checkpoint is for task {task!r}, but {type(self).__name__} "
-                f"needs a {self.task!r} checkpoint"
+                f"{directory}: checkpoint is for task {config.get('task')!r}, but "
+                f"{type(self).__name__} needs a {self.task!r} checkpoint"
             )
+        if not isinstance(config.get("pixel_scale"), (int, float)):
+            raise ValueError(f"{cfg_file}: no pixel_scale (arcsec/px of the images the model "
+                             "was trained on): add it, rows are resampled to it")
+        return config
 
     def _pick_device(self) -> str:
         if self.options["device"]:
@@ -222,37 +259,52 @@ class ModelStage(Stage):
         self.device = self._pick_device()
         ckpt = self.options["checkpoint"]
         if ckpt is None:
-            self.model, self.config = load_pretrained(self.task, device=self.device)
+            self.model, self.config = load_pretrained(self.task, device=self.device,
+                                                      survey=self.options["survey"])
         else:
             self.model, self.config = load_checkpoint(ckpt, device=self.device)
-        self._tag = _model_tag(self.config, ckpt, self.task)
+        self._tag = _model_tag(self.config, ckpt, self.task, self.options["survey"])
         if self.options["precision"] != "fp32":
             self._tag += f"+{self.options['precision']}"
 
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.models import predict
+        """Fit the rows to the model (error rows for those that cannot be), run it on the
+        others (``predict``, in its own chunks: a Ray batch of any size is fine)."""
+        from pipeline.models import fit_rows, predict
 
-        # Forward passes in predict's own chunks (small on CPU): a Ray batch of any size is fine.
-        return predict(self.model, self.config, rows[schema.IMAGE], device=self.device,
+        fit = fit_rows(rows, self.config, self.survey)
+        ok = fit.ok
+        cols = predict(self.model, self.config, fit.images[ok], device=self.device,
                        precision=self.options["precision"])
+        n = len(ok)
+        out = {k: self._place(None, v, ok, n, np.asarray(v).dtype, np.shape(v)[1:])
+               for k, v in cols.items()}
+        if schema.IMAGE in out:  # the image is now the model's: later stages must know
+            out[schema.IMAGE_SCALE] = np.where(ok, float(self.config["pixel_scale"]), np.nan)
+        out[schema.RESAMPLE] = np.where(ok, fit.factor, np.nan)
+        out[schema.SURVEY] = np.array([self.survey if k else None for k in ok], dtype=object)
+        out[schema.ERROR] = fit.errors
+        return out
 
     def provenance(self) -> str:
         return self._tag
 
 
-def _model_tag(config: dict, checkpoint: str | None, task: str) -> str:
+def _model_tag(config: dict, checkpoint: str | None, task: str, survey: str | None) -> str:
     """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
     from pipeline.io.files import sha256_file
     from pipeline.models.checkpoint import WEIGHTS_FILE, pretrained_dir
 
-    directory = Path(checkpoint) if checkpoint else pretrained_dir(task)
+    directory = Path(checkpoint) if checkpoint else pretrained_dir(task, survey)
     weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
     return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{sha256_file(weights)[:12]}"
 
 
 class Denoise(ModelStage):
-    """Replace ``image`` by the denoiser's output (same units as the input), so the stages after
-    it see denoised cutouts. Error rows keep their (unusable) image."""
+    """Replace ``image`` by the denoiser's output (same units as the input, at the model's
+    geometry: ``image_scale`` says its pixel scale), so the stages after it see denoised
+    cutouts; they must take the same geometry (``Pipeline`` checks). Error rows get a NaN
+    image."""
 
     name = task = DENOISE.name
     reads, writes = DENOISE.reads, DENOISE.columns()
@@ -285,14 +337,17 @@ class LensDetect(ModelStage):
         self.options.update(threshold=threshold, top_fraction=top_fraction)
 
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p = super().compute(rows)[P_LENS]
+        out = super().compute(rows)
+        p = out[P_LENS]
+        scored = np.isfinite(p)  # rows that could not be fitted have none
         if self.options["top_fraction"] is None:
-            candidate = p >= self.options["threshold"]
+            candidate = scored & (np.where(scored, p, -np.inf) >= self.options["threshold"])
         else:
-            k = math.ceil(self.options["top_fraction"] * len(p))
+            k = math.ceil(self.options["top_fraction"] * scored.sum())
             candidate = np.zeros(len(p), dtype=bool)
-            candidate[np.argsort(-p, kind="stable")[:k]] = True
-        return {P_LENS: p, CANDIDATE: candidate}
+            candidate[np.argsort(-np.where(scored, p, -np.inf), kind="stable")[:k]] = True
+        out[CANDIDATE] = candidate
+        return out
 
 
 class Substructure(ModelStage):
@@ -318,5 +373,41 @@ class Substructure(ModelStage):
 #: the cascade's stage class of each stage name (``pipeline.models.tasks.STAGES``)
 STAGE_CLASSES: dict[str, type[ModelStage]] = {c.task: c for c in (Denoise, LensDetect, Substructure)}
 
+
+def build_stages(
+    stages: Sequence[str] | None = None,
+    *,
+    survey: str | None = None,
+    checkpoints: dict[str, str | Path | None] | None = None,
+    threshold: float = 0.5,
+    top_fraction: float | None = None,
+    batch_size: int = 256,
+    precision: str = "fp32",
+) -> list[ModelStage]:
+    """Stage specs for the named stages, in order, with ``survey``'s shipped weights where
+    ``checkpoints`` (stage name -> directory) gives none; validated now, so a bad checkpoint or
+    a stage the survey ships no weights for fails before any work.
+
+    ``stages=None``: every stage (in cascade order) that the survey ships weights for or that
+    ``checkpoints`` names.
+    """
+    from pipeline.models.checkpoint import has_pretrained
+
+    checkpoints = {k: v for k, v in (checkpoints or {}).items() if v}
+    unknown = set(stages or ()) - set(STAGES) or set(checkpoints) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGES)})")
+    if stages is None:
+        stages = [s for s in STAGES if s in checkpoints or has_pretrained(s, survey)]
+        if not stages:
+            raise FileNotFoundError(f"survey {get_survey(survey).name!r} ships no weights yet: "
+                                    "pass checkpoints (lensray run --lens-detect-checkpoint DIR)")
+    options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
+    return [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), survey=survey,
+                                batch_size=batch_size, precision=precision,
+                                **options.get(STAGE_CLASSES[name], {}))
+            for name in stages]
+
+
 __all__ = ["CANDIDATE", "STAGE_CLASSES", "Denoise", "LensDetect", "ModelStage", "Stage",
-           "Substructure"]
+           "Substructure", "build_stages"]

@@ -15,6 +15,7 @@ from pipeline.models.normalize import DEFAULT_NORMALIZATION
 
 SIZE = 32
 BANDS = ["VIS"]
+PIXEL_SCALE = 0.1  # arcsec/px of the test checkpoints and shards
 
 _SPECS = {
     "denoise": ("unet_denoiser", {"in_channels": 1, "base": 4, "depth": 2}),
@@ -38,7 +39,7 @@ def make_checkpoints(root: Path, seed: int = 0, size: int = SIZE) -> dict[str, P
             _spread_outputs(model, size)
         config = {
             "task": task, "model": name, "model_kwargs": kwargs, "bands": BANDS, "size": size,
-            "pixel_scale": 0.1, "normalization": dict(DEFAULT_NORMALIZATION),
+            "pixel_scale": PIXEL_SCALE, "normalization": dict(DEFAULT_NORMALIZATION),
             "lensray_version": __version__, "trained": {"note": "untrained test checkpoint"},
             "metrics": {},
         }
@@ -87,5 +88,6 @@ def make_shards(directory: Path, counts: list[int], seed: int = 0, size: int = S
         images = make_images(n, seed + i, size)
         table = {"id": np.array([f"s{i}-{j}" for j in range(n)]),
                  "ra": np.linspace(150, 151, n), "dec": np.linspace(2, 3, n)}
-        paths.append(write_cube_shard(directory / f"shard-{i:03d}.fits", images, table, BANDS))
+        paths.append(write_cube_shard(directory / f"shard-{i:03d}.fits", images, table, BANDS,
+                                      pixel_scale=PIXEL_SCALE))
     return paths

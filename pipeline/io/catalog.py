@@ -8,7 +8,8 @@ per input file ``F`` with key ``K`` (:func:`shard_key`)::
     OUT/catalog/K.parquet    good rows
     OUT/errors/K.parquet     rows that could not be read or computed, with the reason
     OUT/_shards/K.json       written last: F is finished (its counts)
-    OUT/_shards/_options.json  what the catalogue is computed with (a resumed run must match)
+    OUT/_shards/_options.json  what the catalogue is computed with, written with the first
+                             finished file (a run resuming finished files must match)
 
 Every file is written whole under a temporary name and renamed into place
 (:func:`pipeline.io.writers.atomic_write`), so a killed run leaves no half file, and a reopened
@@ -33,8 +34,9 @@ from pipeline.io.writers import _version, atomic_write, write_json
 CATALOG_DIR = "catalog"
 ERRORS_DIR = "errors"
 SHARDS_DIR = "_shards"
-IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN)
+IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN, schema.IMAGE_SCALE)  # pixels and what only they need
 COUNTS = ("rows", "good", "errors", "candidates")  # of a finished input file's marker
+OPTIONS_FILE = Path(SHARDS_DIR) / "_options.json"
 
 
 # ----------------------------------------------------------------------------- whole catalogues
@@ -188,18 +190,20 @@ class CatalogStore:
         self.models: dict[str, str] = {}  # provenance column -> first value seen
         self.empty: list[str] = []
         self.rows_seen = self.candidates_seen = 0
+        self._options: dict | None = None  # to record with the first finished file
 
     # ------------------------------------------------------------------ options
     def check_options(self, spec: dict) -> None:
-        """Record ``spec`` (what decides the catalogue's values) in a new store; in a resumed
-        one, refuse another: one catalogue must not mix two thresholds, checkpoints or
-        precisions without saying so."""
-        path = self.out / SHARDS_DIR / "_options.json"
-        spec = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
-        if not path.is_file():
-            write_json(path, spec)
+        """Take ``spec`` (what decides the catalogue's values), recorded with the first file
+        this store finishes; in a store with finished files, refuse another: one catalogue must
+        not mix two thresholds, checkpoints or precisions without saying so. A run that failed
+        or was stopped before finishing a file binds nothing."""
+        path = self.out / OPTIONS_FILE
+        self._options = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
+        finished = any(p.name != OPTIONS_FILE.name for p in (self.out / SHARDS_DIR).glob("*.json"))
+        if not (finished and path.is_file()):
             return
-        old = json.loads(path.read_text())
+        spec, old = self._options, json.loads(path.read_text())
         changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
                    for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
         if changed:
@@ -263,6 +267,9 @@ class CatalogStore:
         self.current, self.parts = None, []
 
     def _finish(self, source: str, counts: dict) -> None:
+        if self._options is not None:  # before the first marker: what the markers mean
+            write_json(self.out / OPTIONS_FILE, self._options)
+            self._options = None
         marker = {"source": source, **counts}
         write_json(self.out / SHARDS_DIR / f"{self.keys[source]}.json", marker)
         self.done[source] = marker

@@ -20,7 +20,7 @@ import math
 import warnings
 
 _OBJECT_KEYS = (("RA_OBJ", "DEC_OBJ"), ("RA", "DEC"), ("OBJRA", "OBJDEC"), ("RA_TARG", "DEC_TARG"))
-_SCALE_KEYS = ("PIXSCALE", "PIXSCAL")  # arcsec per pixel
+_SCALE_KEYS = ("PIXSCALE", "PIXSCAL", "SECPIX")  # arcsec per pixel
 NAN2 = (math.nan, math.nan)
 
 
@@ -95,23 +95,42 @@ def _from_keywords(header) -> tuple[float, float]:
 
 
 def pixel_scale(header, fallback=None) -> float:
-    """Arcsec per pixel of an image: its celestial WCS (the geometric mean of both axes'
-    ``proj_plane_pixel_scales``), else a ``PIXSCALE``/``PIXSCAL`` keyword, first in ``header``
-    and then in ``fallback`` (the PRIMARY header); NaN when none says."""
-    for hdr in (header, fallback):
-        if hdr is not None:
-            scale = _scale_from_wcs(hdr)
-            if math.isfinite(scale):
-                return scale
-    for hdr in (header, fallback):
-        for key in _SCALE_KEYS if hdr is not None else ():
-            try:
-                scale = float(hdr[key]) if key in hdr else math.nan
-            except (TypeError, ValueError):
-                continue
+    """Arcsec per pixel of an image, first from ``header`` and then from ``fallback`` (the
+    PRIMARY header), each in this order: its celestial WCS (the geometric mean of both axes'
+    ``proj_plane_pixel_scales``); a ``PIXSCALE``/``PIXSCAL``/``SECPIX`` keyword (arcsec);
+    ``CDELT1``/``CDELT2`` without a WCS (degrees, unless ``CUNIT1`` says arcsec). NaN when none
+    says."""
+    for read in (_scale_from_wcs, _scale_from_keywords, _scale_from_cdelt):
+        for hdr in (header, fallback):
+            scale = read(hdr) if hdr is not None else math.nan
             if math.isfinite(scale) and scale > 0:
                 return scale
     return math.nan
+
+
+def _scale_from_keywords(header) -> float:
+    for key in _SCALE_KEYS:
+        try:
+            scale = float(header[key]) if key in header else math.nan
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(scale) and scale > 0:
+            return scale
+    return math.nan
+
+
+def _scale_from_cdelt(header) -> float:
+    """``CDELT1/2`` of a header without axis types (with them the WCS has spoken, or the axes
+    are not on the sky)."""
+    if "CTYPE1" in header or "CTYPE2" in header:
+        return math.nan
+    try:
+        d1, d2 = abs(float(header["CDELT1"])), abs(float(header["CDELT2"]))
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+    unit = str(header.get("CUNIT1", "deg")).strip().lower() or "deg"
+    per = {"deg": 3600.0, "arcmin": 60.0, "arcsec": 1.0}.get(unit)
+    return math.sqrt(d1 * d2) * per if per and d1 > 0 and d2 > 0 else math.nan
 
 
 def _scale_from_wcs(header) -> float:

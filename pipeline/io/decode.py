@@ -70,8 +70,15 @@ class ReadOptions:
     max_nonfinite: float = 0.1
     strict: bool = False
     geometry: bool = False  # also give each row its pixel scale and band names
+    pixel_scale: float | None = None  # arcsec/px of every row, whatever the headers say
 
     def __post_init__(self):
+        if self.pixel_scale is not None:
+            scale = self.pixel_scale
+            if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not (
+                    math.isfinite(scale) and scale > 0):
+                raise ValueError(f"pixel_scale must be a positive number of arcsec/px, got {scale!r}")
+            object.__setattr__(self, "geometry", True)  # an override is a geometry column
         if self.bands is not None:
             if isinstance(self.bands, str):
                 object.__setattr__(self, "bands", (self.bands,))
@@ -246,8 +253,9 @@ def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.
     if options.clean:
         batch[schema.CLEAN] = _stack(parts.clean)
     if options.geometry:
-        batch[schema.PIXEL_SCALE] = (np.full(n, np.nan) if parts.scales is None
-                                     else np.asarray(parts.scales, dtype=np.float64))
+        scales = options.pixel_scale if options.pixel_scale is not None else parts.scales
+        batch[schema.PIXEL_SCALE] = (np.full(n, np.nan) if scales is None
+                                     else np.broadcast_to(np.asarray(scales, np.float64), n).copy())
         batch[schema.BAND_NAMES] = np.array(parts.band_names or [None] * n, dtype=object)
     batch.update(parts.labels)
     return batch
@@ -365,8 +373,8 @@ def _images(hdus, stem: str, options: ReadOptions) -> _Parts:
         cutouts = [_unnamed_cutout(i, h, primary, options) for i, h in with_data]
     parts = _Parts([], [], [], [], [], [], [], scales=[], band_names=[])
     for index, image, (ra, dec), err, (header, names) in cutouts:
-        parts.scales.append(pixel_scale(header, primary) if options.geometry and header is not None
-                            else math.nan)
+        known = options.geometry and options.pixel_scale is None and header is not None
+        parts.scales.append(pixel_scale(header, primary) if known else math.nan)
         parts.band_names.append(",".join(names) if names else None)
         errs = [err]
         if image is not None:
@@ -504,7 +512,7 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
         clean[bad] = 0.0
     parts = _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
     if options.geometry:  # one pixel grid and one band list for the whole shard
-        parts.scales = np.full(n, pixel_scale(primary))
+        parts.scales = np.full(n, pixel_scale(primary) if options.pixel_scale is None else np.nan)
         parts.band_names = [",".join(band_names[k] for k in sel) if band_names else None] * n
     return parts
 

@@ -154,6 +154,7 @@ def read_cutouts(
     strict: bool = False,
     clean: bool = False,
     geometry: bool = False,
+    pixel_scale: float | None = None,
     max_nonfinite: float = 0.1,
     override_num_blocks: int | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
@@ -176,6 +177,8 @@ def read_cutouts(
         clean: also read the noiseless ``clean`` images of cube shards (error row otherwise).
         geometry: also give each row its ``pixel_scale`` (arcsec/px from the WCS or a PIXSCALE
             keyword, NaN when unknown) and ``band_names`` (from EXTNAMEs or BANDn keywords).
+        pixel_scale: arcsec/px to give every row instead of what its headers say (implies
+            ``geometry``).
         max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
             below it they are replaced by the band median.
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
@@ -198,6 +201,7 @@ def read_cutouts(
         size=size,
         clean=clean,
         geometry=geometry,
+        pixel_scale=pixel_scale,
         max_nonfinite=max_nonfinite,
         strict=strict,
     )

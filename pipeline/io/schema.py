@@ -27,8 +27,12 @@ IS_LENS = "is_lens"  # 0/1
 SUBSTRUCTURE_CLASS = "substructure"  # index into SUBSTRUCTURE_CLASSES
 SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
 
-PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the row's image, NaN when unknown (geometry=True)
+PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the image as read (native), NaN when unknown (geometry=True)
 BAND_NAMES = "band_names"  # str, the image's bands ("VIS", "g,r,i"), None when unnamed (geometry=True)
+# Written by every model stage for the rows it computes (pipeline.models.fit, pipeline.stages):
+RESAMPLE = "resample_factor"  # float64: native pixel scale / the model's, i.e. model pixels per native pixel; NaN: taken as it was
+IMAGE_SCALE = "image_scale"  # float64 arcsec/px of IMAGE once a stage replaced it by its model's output (the denoiser)
+SURVEY = "survey"  # str: the survey whose models scored the row (pipeline.surveys), None for custom checkpoints
 CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
 
 

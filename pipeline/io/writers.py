@@ -3,7 +3,8 @@ every writer of the package uses (``pipeline.io.catalog`` writes the Parquet cat
 
 A *cube shard* is one FITS file holding many cutouts of one shape::
 
-    PRIMARY   no data; provenance: LENSRAY (version), NCUTOUT, NBANDS, BAND1..BANDn, + caller's keys
+    PRIMARY   no data; provenance: LENSRAY (version), NCUTOUT, NBANDS, BAND1..BANDn, PIXSCALE
+              (arcsec/px, when given: the models resample rows to their own), + caller's keys
     CUTOUTS   ImageHDU, float32, N x B x H x W
     CATALOG   BinTableHDU, one row per cutout ("id" + optional "ra", "dec" + label columns)
     CLEAN     optional ImageHDU, float32, N x B x H x W noiseless images
@@ -93,6 +94,7 @@ def write_cube_shard(
     overwrite: bool = False,
     catalog: str = "hdu",
     quantum: float | None = None,
+    pixel_scale: float | None = None,
 ) -> pathlib.Path:
     """Write N cutouts and their label table to one FITS cube shard, atomically.
 
@@ -112,6 +114,8 @@ def write_cube_shard(
         quantum: store CUTOUTS as int16 multiples of this step (FITS BSCALE; readers get float32
             back) instead of float32: noisy images compress ~4x better (gzip) when the step is
             well below their noise. Values must fit in +-32767 steps.
+        pixel_scale: arcsec per pixel of the images, stored as PIXSCALE (the cascade fits rows
+            to each model's pixel scale and makes rows of unknown scale error rows).
 
     Returns:
         The path written.
@@ -163,6 +167,8 @@ def write_cube_shard(
     hdr["NBANDS"] = (b, "bands per cutout")
     for i, band in enumerate(bands, start=1):
         hdr[f"BAND{i}"] = band
+    if pixel_scale is not None:
+        hdr["PIXSCALE"] = (float(pixel_scale), "arcsec per pixel")
     with warnings.catch_warnings():  # long keys become HIERARCH cards, which is what we want
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         for key, value in (header or {}).items():

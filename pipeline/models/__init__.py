@@ -4,8 +4,9 @@
 lensray knows about it (its tasks, the stages it is the default for, its Tune search space, the
 network that initialises it); ``TASKS``/``STAGES`` are the tasks and stage names;
 ``save_checkpoint`` / ``load_checkpoint`` / ``load_pretrained`` move networks to and from
-safetensors + JSON; ``predict`` turns survey images into catalogue columns with the normalisation
-stored in the config.
+safetensors + JSON; ``fit_rows`` fits observed cutouts to a checkpoint's bands, pixel scale and
+size; ``predict`` turns survey images into catalogue columns with the normalisation stored in the
+config.
 
 Names load on first use (as in ``pipeline``): ``pipeline.models.tasks`` and
 ``pipeline.models.registry`` import no torch, so the CLI and the stage specs on a driver read the
@@ -34,7 +35,9 @@ _LAZY = {
     "pretrained_dir": "pipeline.models.checkpoint",
     "save_checkpoint": "pipeline.models.checkpoint",
     "default_device": "pipeline.models.inference",
-    "fit_cutouts": "pipeline.models.inference",
+    "fit_cutouts": "pipeline.models.fit",
+    "fit_rows": "pipeline.models.fit",
+    "has_pretrained": "pipeline.models.checkpoint",
     "predict": "pipeline.models.inference",
 }
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from pipeline.models.registry import create_model
 from pipeline.models.tasks import STAGES
@@ -21,9 +19,14 @@ CONFIG_FILE = "config.json"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 REQUIRED_KEYS = ("task", "model", "model_kwargs", "bands", "size", "normalization")
 
+if TYPE_CHECKING:  # torch loads on first use: stage specs on a driver read configs only
+    import torch.nn as nn
+
 
 def save_checkpoint(model: nn.Module, config: dict, directory) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/config.json``; returns the directory."""
+    from safetensors.torch import save_file
+
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise ValueError(f"checkpoint config lacks {missing}")
@@ -40,6 +43,8 @@ def save_checkpoint(model: nn.Module, config: dict, directory) -> Path:
 def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     """Load a checkpoint directory (or its ``model.safetensors``); returns ``(model, config)``
     with the model in eval mode on ``device``."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     directory = path.parent if path.suffix == ".safetensors" else path
     weights, cfg_file = directory / WEIGHTS_FILE, directory / CONFIG_FILE
@@ -70,13 +75,22 @@ def pretrained_dir(stage: str, survey: str | None = None) -> Path:
     return WEIGHTS_DIR / get_survey(survey).weights / stage
 
 
+def has_pretrained(stage: str, survey: str | None = None) -> bool:
+    """Whether ``survey`` ships weights for ``stage``."""
+    return (pretrained_dir(stage, survey) / WEIGHTS_FILE).is_file()
+
+
+def no_pretrained(stage: str, survey: str | None = None) -> str:
+    """The one-line reason why a stage of ``survey`` cannot run without a checkpoint."""
+    shipped = [s for s in STAGES if has_pretrained(s, survey)]
+    return (f"survey {get_survey(survey).name!r} ships no {stage} weights: pass a {stage} "
+            f"checkpoint (lensray run --{stage}-checkpoint DIR; Python: checkpoint=DIR)"
+            + (f" or leave the stage out (--stages {','.join(shipped)})" if shipped else ""))
+
+
 def load_pretrained(stage: str, device="cpu", survey: str | None = None) -> tuple[nn.Module, dict]:
     """Load the shipped weights of ``stage`` (one of ``STAGES``) for ``survey`` (None: the
     default survey, see ``pipeline.surveys``)."""
-    directory = pretrained_dir(stage, survey)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{directory}: no shipped weights for stage {stage!r}; train them with "
-            f"`lensray train --stage {stage} ...` and pass --checkpoint, or reinstall lensray"
-        )
-    return load_checkpoint(directory, device)
+    if not has_pretrained(stage, survey):
+        raise FileNotFoundError(no_pretrained(stage, survey))
+    return load_checkpoint(pretrained_dir(stage, survey), device)

@@ -37,7 +37,7 @@ def check_images(images: np.ndarray, config: dict) -> np.ndarray:
         raise ValueError(
             f"images have shape {x.shape}; model {config['model']!r} ({config['task']}) expects "
             f"(N, {len(bands)}, {size}, {size}) for bands {bands} at {config.get('pixel_scale')}\"/px"
-            " (crop/resample with pipeline.models.fit_cutouts)"
+            " (fit observed cutouts with pipeline.models.fit_rows or fit_cutouts)"
         )
     return x
 
@@ -60,7 +60,10 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     batch_size = batch_size or default_chunk(device)
     # channels-last convolutions: oneDNN's fast path on CPU, same results (docs/models.md)
     model = model.to(device, memory_format=torch.channels_last).eval()
-    z, sky, noise = normalize(x, config["normalization"])
+    if len(x):
+        z, sky, noise = normalize(x, config["normalization"])
+    else:  # no rows (none of a batch fitted the model): the columns keep their shapes
+        z, sky, noise = x, *(np.zeros(x.shape[:2], np.float32),) * 2
     outs = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for i in range(0, len(z), batch_size):
@@ -82,28 +85,3 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     else:  # no rows: keep the column shapes
         out = np.zeros((0, *task.output_shape(config, x.shape[1:])), np.float32)
     return task.decode(out, config, stats=(sky, noise))
-
-
-def fit_cutouts(images: np.ndarray, pixel_scale: float, config: dict) -> np.ndarray:
-    """Resample (N, B, H, W) cutouts taken at ``pixel_scale`` arcsec/px to the model's pixel
-    scale, then centre-crop (or pad with NaN, which normalisation treats as sky) to its size.
-
-    Flux conservation does not matter here: normalisation is unit-free and re-measures the
-    noise after resampling.
-    """
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, bands, H, W), got shape {tuple(x.shape)}")
-    factor = float(pixel_scale) / float(config["pixel_scale"])
-    if abs(factor - 1) > 1e-3:
-        h, w = (max(1, round(s * factor)) for s in x.shape[-2:])
-        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
-                                            antialias=factor < 1)
-    size = int(config["size"])
-    out = np.full((*x.shape[:2], size, size), np.nan, np.float32)
-    h, w = x.shape[-2:]
-    ch, cw = min(h, size), min(w, size)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    oy, ox = (size - ch) // 2, (size - cw) // 2
-    out[..., oy : oy + ch, ox : ox + cw] = x[..., y0 : y0 + ch, x0 : x0 + cw].numpy()
-    return out
