@@ -149,15 +149,17 @@ class Pipeline:
         bands: Sequence[str] | None = None,
         size: int | None = None,
         pixel_scale: float | None = None,
+        band_names: Sequence[str] | None = None,
         strict: bool = False,
         drop: Sequence[str] = (),
     ):
         """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs, or
         the :class:`~pipeline.io.Inputs` already listed), as ``run(read_cutouts(paths, bands,
-        size, geometry=True, pixel_scale=pixel_scale, strict=strict), drop=drop)`` gives them,
-        in the same order (lazy too). The rows carry their pixel scale and band names, so each
-        model stage fits them to its checkpoint; ``bands`` and ``size`` only narrow what is
-        read (native pixels), ``pixel_scale`` overrides every file's.
+        size, geometry=True, pixel_scale=pixel_scale, band_names=band_names, strict=strict),
+        drop=drop)`` gives them, in the same order (lazy too). The rows carry their pixel scale
+        and band names, so each model stage fits them to its checkpoint; ``bands`` and ``size``
+        only narrow what is read (native pixels), ``pixel_scale`` overrides every file's,
+        ``band_names`` names the planes of files that name none.
 
         When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
@@ -171,10 +173,12 @@ class Pipeline:
         inputs = list_inputs(paths)
         resources = ray.cluster_resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
-                              strict=strict, geometry=True, pixel_scale=pixel_scale)
+                              strict=strict, geometry=True, pixel_scale=pixel_scale,
+                              band_names=tuple(band_names) if band_names else None)
         if not self.reads_in_actors(resources):
             return self.run(read_cutouts(inputs, bands, size, strict=strict, geometry=True,
-                                         pixel_scale=pixel_scale), drop=drop)
+                                         pixel_scale=pixel_scale, band_names=band_names),
+                            drop=drop)
         args = self.map_args(ReadChain(self.stages, read=options), resources)
         args["fn_constructor_kwargs"]["filesystem"] = inputs.filesystem
         args["batch_size"] = 1  # one group of files per call

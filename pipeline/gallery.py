@@ -42,16 +42,17 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
     return table.take(pa.array(order)).to_pylist()
 
 
-def _cutouts(rows: list[dict], bands, size, pixel_scale=None,
-             fit_to: dict | None = None) -> list[np.ndarray | None]:
-    """The image of each row, read again from its source file (None if it cannot be) and,
-    with ``fit_to`` (a checkpoint config's bands, pixel_scale, size and task), fitted to it as
-    the model saw it (``pipeline.models.fit_rows``)."""
+def _cutouts(rows: list[dict], read: dict, fit_to: dict | None = None) -> list[np.ndarray | None]:
+    """The image of each row, read again from its source file with the ``read`` settings of
+    its run (``ReadOptions`` keywords; None if it cannot be) and, with ``fit_to`` (a checkpoint
+    config's bands, pixel_scale, size and task), fitted to it as the model saw it
+    (``pipeline.models.fit_rows``)."""
     from pipeline.io import ReadOptions, read_fits_file
     from pipeline.io.schema import IMAGE, SOURCE
 
-    options = ReadOptions(bands=tuple(bands) if bands else None, size=size,
-                          geometry=fit_to is not None, pixel_scale=pixel_scale)
+    options = ReadOptions(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in read.items() if v is not None},
+                          geometry=fit_to is not None)
     by_source: dict[str, dict] = {}
     images = []
     for row in rows:
@@ -106,11 +107,10 @@ def _label(row: dict) -> tuple[str, str]:
     return (rid if len(rid) <= 26 else "…" + rid[-25:]), "\n".join(lines)
 
 
-def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size=None,
-                  pixel_scale=None, fit_to: dict | None = None, columns: int = 4,
-                  title: str | None = None) -> Path:
+def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | None = None,
+                  fit_to: dict | None = None, columns: int = 4, title: str | None = None) -> Path:
     """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``, re-read with
-    the run's ``bands``, ``size`` and ``pixel_scale`` and fitted to ``fit_to`` (see
+    the run's ``read`` settings (bands, size...) and fitted to ``fit_to`` (see
     :func:`_cutouts`); ``title`` above them (default: the top candidates)."""
     import matplotlib
 
@@ -122,7 +122,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = _cutouts(rows, bands, size, pixel_scale, fit_to)
+    images = _cutouts(rows, read or {}, fit_to)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):

@@ -51,6 +51,7 @@ def run_cascade(
     size: int | None = None,
     survey: str | None = None,
     pixel_scale: float | None = None,
+    band_names: Sequence[str] | None = None,
     stages: Sequence[str] | Sequence[Any] | None = None,
     threshold: float = 0.5,
     top_fraction: float | None = None,
@@ -74,6 +75,7 @@ def run_cascade(
         survey: whose shipped models to run (``pipeline.surveys``); None chooses from the band
             names of the first files (:func:`choose_survey`), falling back to the default.
         pixel_scale: arcsec/px of every input row, instead of what the headers say.
+        band_names: names of the planes of files that name none (HSC cubes: g r i z y).
         stages: stage names in order (any of ``pipeline.models.STAGES``; None: every stage the
             survey ships weights for or ``checkpoints`` names), or ready Stage objects (your
             own included).
@@ -95,7 +97,7 @@ def run_cascade(
     """
     from pipeline import __version__
     from pipeline.compose import Pipeline
-    from pipeline.io import CatalogStore, ReadOptions, list_inputs
+    from pipeline.io import CatalogStore, list_inputs
     from pipeline.io.catalog import CATALOG_DIR
     from pipeline.io.writers import write_json
     from pipeline.stages import Stage, build_stages
@@ -104,7 +106,10 @@ def run_cascade(
     t0 = time.perf_counter()
     if buffer_gib is not None and not buffer_gib > 0:
         raise ValueError(f"buffer_gib must be > 0, got {buffer_gib}")
-    ReadOptions(bands=bands, size=size, pixel_scale=pixel_scale)  # bad options fail first
+    read = {"bands": list(bands) if bands is not None else None, "size": size,
+            "pixel_scale": pixel_scale,
+            "band_names": list(band_names) if band_names is not None else None}
+    _read_options(read)  # bad options fail before any work
     out = Path(out)
     listed = list_inputs(inputs)  # the one listing of this run (sizes included)
     files = list(listed.files)
@@ -115,18 +120,18 @@ def run_cascade(
         stage_objs, chosen = list(stages), None
     else:
         chosen = ({"name": get_survey(survey).name, "by": "--survey"} if survey
-                  else choose_survey(listed, pixel_scale))
+                  else choose_survey(listed, _read_options(read)))
         stage_objs = build_stages(stages, survey=chosen["name"], threshold=threshold,
                                   top_fraction=top_fraction, batch_size=batch_size,
                                   checkpoints=checkpoints, precision=precision)
     pipeline = Pipeline(stage_objs, fuse=fuse)
     store = CatalogStore(out, files)
-    store.check_options(_options_spec(stage_objs, bands, size, pixel_scale))
+    store.check_options(_options_spec(stage_objs, read))
 
     t_cascade = time.perf_counter()
     if store.pending:
-        _stream(pipeline, listed.subset(store.pending), store, bands=bands, size=size,
-                pixel_scale=pixel_scale, strict=strict, progress=progress, buffer_gib=buffer_gib)
+        _stream(pipeline, listed.subset(store.pending), store, read=read, strict=strict,
+                progress=progress, buffer_gib=buffer_gib)
     t_written = time.perf_counter()
 
     total = store.totals()
@@ -153,8 +158,7 @@ def run_cascade(
 
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
-        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size,
-                                               pixel_scale=pixel_scale,
+        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", read=read,
                                                fit_to=first_model(stage_objs)))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
@@ -168,17 +172,25 @@ def first_model(stages) -> dict | None:
     return {**model.geometry, "task": model.task} if model is not None else None
 
 
-def choose_survey(inputs, pixel_scale: float | None = None) -> dict:
+def _read_options(read: dict):
+    """The reader options of a run's ``read`` settings, with each row's geometry."""
+    from pipeline.io import ReadOptions
+
+    return ReadOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in read.items()},
+                       geometry=True)
+
+
+def choose_survey(inputs, options=None) -> dict:
     """The survey whose models suit ``inputs`` (:class:`pipeline.io.Inputs`), from the band
-    names of the first :data:`SAMPLE_FILES` files (read here, on the driver): the survey most
-    of them name (``pipeline.surveys.survey_for_bands``), else the default survey. Logs and
-    returns ``{"name": ..., "by": why}``."""
+    names of the first :data:`SAMPLE_FILES` files (read here, on the driver, with the reader's
+    ``options``): the survey most of them name (``pipeline.surveys.survey_for_bands``), else
+    the default survey. Logs and returns ``{"name": ..., "by": why}``."""
     from collections import Counter
 
     from pipeline.io import ReadOptions, read_fits_file
     from pipeline.surveys import DEFAULT_SURVEY, SURVEYS, get_survey, survey_for_bands
 
-    options = ReadOptions(geometry=True, pixel_scale=pixel_scale)
+    options = options or ReadOptions(geometry=True)
     sample = list(inputs.files[:SAMPLE_FILES])
     votes: Counter = Counter()
     named: set[str] = set()
@@ -203,8 +215,7 @@ def choose_survey(inputs, pixel_scale: float | None = None) -> dict:
     return {"name": name, "by": why}
 
 
-def _stream(pipeline, inputs, store, *, bands, size, pixel_scale, strict, progress,
-            buffer_gib) -> None:
+def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib) -> None:
     """Read ``inputs``, run the stages and hand every output block to ``store``, in order."""
     from tqdm import tqdm
 
@@ -222,8 +233,8 @@ def _stream(pipeline, inputs, store, *, bands, size, pixel_scale, strict, progre
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = pipeline.run_files(inputs, bands=bands, size=size, pixel_scale=pixel_scale,
-                                strict=strict, drop=[schema.IMAGE, schema.IMAGE_SCALE])
+        ds = pipeline.run_files(inputs, **read, strict=strict,
+                                drop=[schema.IMAGE, schema.IMAGE_SCALE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -241,13 +252,13 @@ def _stream(pipeline, inputs, store, *, bands, size, pixel_scale, strict, progre
         options.preserve_order, options.resource_limits, ctx.enable_progress_bars = saved
 
 
-def _options_spec(stages, bands, size, pixel_scale) -> dict:
+def _options_spec(stages, read: dict) -> dict:
     """What decides the catalogue's values, one key per setting ("LensDetect.threshold"): the
-    stages in order with their options (survey, checkpoint...), bands, size and pixel scale (not
-    the device; the batch size only where a per-batch top fraction makes it count)."""
+    stages in order with their options (survey, checkpoint...) and the ``read`` settings
+    (bands, size, pixel scale, band names; not the device; the batch size only where a
+    per-batch top fraction makes it count)."""
     names = [type(s).__name__ for s in stages]
-    spec = {"bands": list(bands) if bands is not None else None, "size": size,
-            "pixel_scale": pixel_scale, "stages": ",".join(names)}
+    spec = {**read, "stages": ",".join(names)}
     for i, (name, stage) in enumerate(zip(names, stages, strict=True)):
         label = name if names.count(name) == 1 else f"{name}#{i + 1}"  # chained denoisers
         opts = {k: v for k, v in stage.options.items() if k != "device"}

@@ -23,6 +23,7 @@ A custom stage subclasses :class:`Stage`, sets ``name``/``reads``/``writes`` and
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ from pipeline.io.schema import CANDIDATE
 from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, STAGES, SUBSTRUCTURE
 from pipeline.precision import check_precision
 from pipeline.surveys import get_survey
+
+log = logging.getLogger(__name__)
 
 
 class Stage:
@@ -389,7 +392,8 @@ def build_stages(
     a stage the survey ships no weights for fails before any work.
 
     ``stages=None``: every stage (in cascade order) that the survey ships weights for or that
-    ``checkpoints`` names.
+    ``checkpoints`` names; the others are left out with a log line saying so. Named ``stages``
+    without weights are an error naming the survey and the stage.
     """
     from pipeline.models.checkpoint import has_pretrained
 
@@ -402,6 +406,11 @@ def build_stages(
         if not stages:
             raise FileNotFoundError(f"survey {get_survey(survey).name!r} ships no weights yet: "
                                     "pass checkpoints (lensray run --lens-detect-checkpoint DIR)")
+        skipped = [s for s in STAGES if s not in stages]
+        if skipped:
+            log.warning("survey %s ships no %s weights: running %s only (pass --%s-checkpoint "
+                        "DIR to add a stage)", get_survey(survey).name, ", ".join(skipped),
+                        ", ".join(stages), skipped[0])
     options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
     return [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), survey=survey,
                                 batch_size=batch_size, precision=precision,

@@ -71,8 +71,16 @@ class ReadOptions:
     strict: bool = False
     geometry: bool = False  # also give each row its pixel scale and band names
     pixel_scale: float | None = None  # arcsec/px of every row, whatever the headers say
+    band_names: tuple[str, ...] | None = None  # names of planes the file leaves unnamed
 
     def __post_init__(self):
+        if self.band_names is not None:
+            names = (self.band_names,) if isinstance(self.band_names, str) else self.band_names
+            names = tuple(str(b) for b in names)
+            if not names or any(not b or "," in b for b in names):
+                raise ValueError(f"band_names must be non-empty names without commas, got "
+                                 f"{self.band_names!r}")
+            object.__setattr__(self, "band_names", names)
         if self.pixel_scale is not None:
             scale = self.pixel_scale
             if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not (
@@ -314,9 +322,16 @@ def _select_planes(names: Sequence[str] | None, nplanes: int, bands, where: str)
     )
 
 
-def _band_keywords(header, nplanes: int) -> list[str] | None:
+def _band_keywords(header, nplanes: int, options: ReadOptions, where: str) -> list[str] | None:
+    """The planes' names: BAND1..BANDn keywords, else ``options.band_names`` (the user's)."""
     names = [header.get(f"BAND{k}") for k in range(1, nplanes + 1)]
-    return [str(n) for n in names] if all(n is not None for n in names) else None
+    if all(n is not None for n in names):
+        return [str(n) for n in names]
+    given = options.band_names
+    if given is not None and len(given) != nplanes:
+        raise _Reason(f"{where} has {nplanes} unnamed planes, but band_names names "
+                      f"{len(given)} ({','.join(given)})")
+    return list(given) if given is not None else None
 
 
 def _planes(data, where: str) -> np.ndarray:
@@ -441,7 +456,7 @@ def _band_of(extname: str) -> str:
 def _unnamed_cutout(i, hdu, primary, options):
     try:
         image = _planes(hdu.data, f"HDU {i}")
-        names = _band_keywords(hdu.header, image.shape[0])
+        names = _band_keywords(hdu.header, image.shape[0], options, f"HDU {i}")
         if names is None and image.shape[0] == 1 and options.bands:
             _check_filter(hdu.header, options.bands[0], f"HDU {i}")
         picked = _select_planes(names, image.shape[0], options.bands, f"HDU {i}")
@@ -473,7 +488,7 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
             f"{CUTOUTS_EXT} has shape {stack.shape} (expected N x H x W or N x bands x H x W)"
         )
     n, nb = stack.shape[:2]
-    band_names = _band_keywords(primary, nb)
+    band_names = _band_keywords(primary, nb, options, CUTOUTS_EXT)
     sel = _select_planes(band_names, nb, options.bands, CUTOUTS_EXT)
     stack = stack[:, sel]
     clean = None

@@ -155,6 +155,7 @@ def read_cutouts(
     clean: bool = False,
     geometry: bool = False,
     pixel_scale: float | None = None,
+    band_names: Sequence[str] | None = None,
     max_nonfinite: float = 0.1,
     override_num_blocks: int | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
@@ -179,6 +180,8 @@ def read_cutouts(
             keyword, NaN when unknown) and ``band_names`` (from EXTNAMEs or BANDn keywords).
         pixel_scale: arcsec/px to give every row instead of what its headers say (implies
             ``geometry``).
+        band_names: names of the planes of files that name none (e.g. ``["g", "r", "i", "z",
+            "y"]`` for HSC cubes): an unnamed cutout with another number of planes is an error.
         max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
             below it they are replaced by the band median.
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
@@ -202,6 +205,7 @@ def read_cutouts(
         clean=clean,
         geometry=geometry,
         pixel_scale=pixel_scale,
+        band_names=tuple(band_names) if band_names is not None else None,
         max_nonfinite=max_nonfinite,
         strict=strict,
     )
