@@ -157,8 +157,21 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="simulated data dir ({train,val,test}/*.fits)")
-    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="with --labels: FITS files, directories or globs to run the cascade on "
+                   "(default: the files of a label folder)")
+    p.add_argument("--labels", default=None,
+                   help="truth of observed cutouts: a folder with lens/ and nonlens/, or a CSV/"
+                   "Parquet table with source, label (and group) columns; runs the cascade and "
+                   "writes OUT/metrics.json, roc.png, mistakes.png (docs/surveys.md)")
+    p.add_argument("--out", default=None, help="with --labels: output directory")
+    p.add_argument("--lens-rate", type=float, default=None,
+                   help="with --labels: lenses per cutout for the purity figures (default 1e-3)")
+    _add_geometry(p)
+    _add_models(p)
+    p.add_argument("--data", default=None,
+                   help="one model on simulated data instead: dir with {train,val,test}/*.fits")
+    p.add_argument("--stage", default=None, choices=STAGES, help="with --data: the stage")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="checkpoint dir (default: shipped)")
     src.add_argument("--model", default=None,
@@ -169,9 +182,41 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector-data", default=None,
                    help="denoise stage: lens data on which to compare the shipped detector's "
                         "AUC on raw vs denoised cutouts")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.labels is not None or args.inputs:
+        return _evaluate_cutouts(args)
+    if not (args.data and args.stage):
+        raise SystemExit("lensray evaluate: give --labels LABELS --out DIR (observed cutouts), "
+                         "or --data DIR --stage STAGE (one model on simulated data)")
+    return _evaluate_model(args)
+
+
+def _evaluate_cutouts(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from pipeline._ray import ensure_ray
+    from pipeline.evaluate import LENS_RATE, evaluate_cutouts
+
+    if not args.out:
+        raise SystemExit("lensray evaluate: --labels needs --out DIR")
+    ensure_ray(log_to_driver=False, logging_level="ERROR")
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    try:
+        res = evaluate_cutouts(args.inputs, args.labels, args.out,
+                               lens_rate=args.lens_rate or LENS_RATE,
+                               progress=not args.no_progress, **_cascade_options(args))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray evaluate: {exc}") from None
+    print(json.dumps({k: res[k] for k in ("counts", "all", "groups")}, indent=2, default=str))
+    print(f"metrics: {args.out}/metrics.json  roc: {res['roc']}  mistakes: {res['mistakes']}")
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
     import json
 
     from pipeline._ray import ensure_ray
@@ -241,8 +286,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="simulate a small field (a few %% lenses) into OUT/demo-field and run on it")
     p.add_argument("--out", required=True, help="output dir (catalog/, errors/, summary.json, "
                    "gallery.png); rerunning with the same dir skips finished input files")
-    p.add_argument("--bands", nargs="+", default=None, help="bands to read, e.g. VIS")
-    p.add_argument("--size", type=int, default=None, help="centre-crop/pad cutouts to N x N")
+    _add_geometry(p)
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--threshold", type=float, default=0.5,
                      help="candidates: p_lens >= THRESHOLD go on to the substructure stage")
@@ -254,11 +298,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the networks to bfloat16, faster on CPUs with "
                    "AVX512-BF16/AMX and on GPUs (same test metrics; single scores can move)")
-    p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated stages in order (default: all of them)")
-    for stage in STAGES:
-        p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
-                       help=f"{stage} checkpoint dir (default: shipped weights)")
+    _add_models(p)
     p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
     p.add_argument("--buffer-gib", type=float, default=None,
                    help="object-store memory the job may hold (default 0.125 GiB per CPU, >= 0.25)")
@@ -266,6 +306,47 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="--demo: simulation seed")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_geometry(p: argparse.ArgumentParser) -> None:
+    """What the reader takes from the files (``run`` and ``evaluate``)."""
+    p.add_argument("--bands", nargs="+", default=None,
+                   help="bands to read, e.g. VIS or g r i (default: all; each model then picks "
+                   "its own bands by name)")
+    p.add_argument("--size", type=int, default=None,
+                   help="centre-crop/pad native cutouts to N x N before the models (default: "
+                   "none; each model resamples and crops to its own size)")
+    p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
+                   help="arcsec/px of every input, instead of what the headers say (WCS, "
+                   "PIXSCALE, CDELT); needed for files that say nothing")
+    p.add_argument("--band-names", nargs="+", default=None, metavar="NAME",
+                   help="names of the planes of files that name none, e.g. g r i z y")
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    """Which models run (``run`` and ``evaluate``)."""
+    from pipeline.surveys import SURVEYS
+
+    p.add_argument("--survey", default=None, choices=list(SURVEYS),
+                   help="whose shipped models to run (default: chosen from the files' band "
+                   "names, else euclid-vis; see docs/surveys.md)")
+    p.add_argument("--stages", default=None,
+                   help="comma-separated stages in order (default: every stage the survey "
+                   "ships weights for or a --*-checkpoint names)")
+    for stage in STAGES:
+        p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
+                       help=f"{stage} checkpoint dir (default: the survey's shipped weights)")
+
+
+def _cascade_options(args: argparse.Namespace) -> dict:
+    """``run_cascade`` keywords of the options of :func:`_add_geometry` and :func:`_add_models`."""
+    return dict(
+        bands=args.bands, size=args.size, pixel_scale=args.pixel_scale,
+        band_names=args.band_names, survey=args.survey,
+        stages=[s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None,
+        checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint") for s in STAGES
+                     if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
+    )
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -279,13 +360,10 @@ def _run_run(args: argparse.Namespace) -> int:
     if bool(args.inputs) == args.demo:
         raise SystemExit("lensray run: give INPUT files/dirs, or --demo (not both)")
     kwargs = dict(
-        bands=args.bands, size=args.size, threshold=args.threshold,
-        top_fraction=args.top_fraction, batch_size=args.batch_size,
-        stages=[s.strip() for s in args.stages.split(",") if s.strip()],
-        checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint") for s in STAGES
-                     if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
-        strict=args.strict, gallery=args.gallery, progress=not args.no_progress,
-        buffer_gib=args.buffer_gib, precision=args.precision,
+        **_cascade_options(args), threshold=args.threshold,
+        top_fraction=args.top_fraction, batch_size=args.batch_size, strict=args.strict,
+        gallery=args.gallery, progress=not args.no_progress, buffer_gib=args.buffer_gib,
+        precision=args.precision,
     )
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
@@ -309,7 +387,7 @@ COMMANDS: dict[str, tuple] = {
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
     "train": (_add_train, _run_train, "train a stage with Ray Train (safetensors + config out)"),
     "tune": (_add_tune, _run_tune, "search a stage's hyper-parameters with Ray Tune (ASHA)"),
-    "evaluate": (_add_evaluate, _run_evaluate, "score a stage on simulated data (JSON + ROC plots)"),
+    "evaluate": (_add_evaluate, _run_evaluate, "score the cascade on labelled cutouts (--labels), or a stage on simulated data (--data)"),
 }
 
 

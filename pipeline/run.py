@@ -145,6 +145,8 @@ def run_cascade(
         "adds_up": total["rows"] == total["good"] + total["errors"]
         == total["catalog_parquet_rows"] + total["errors_parquet_rows"],
         "survey": chosen,
+        "read": read,  # how the files were read (gallery and evaluation re-read cutouts so)
+        "geometry": first_model(stage_objs),  # what the first model takes
         "stages": [{"stage": type(s).__name__, "options": s.options, "batch_size": s.batch_size}
                    for s in stage_objs],
         "models": store.models,
@@ -159,7 +161,7 @@ def run_cascade(
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
         summary["gallery"] = str(write_gallery(rows, out / "gallery.png", read=read,
-                                               fit_to=first_model(stage_objs)))
+                                               fit_to=summary["geometry"]))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     write_json(out / "summary.json", summary)

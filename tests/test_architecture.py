@@ -15,6 +15,7 @@ LAYER_OF = {
     "pipeline": "base",  # the package itself: __version__ and lazy names only
     "pipeline.precision": "base",
     "pipeline.metrics": "base",
+    "pipeline.plots": "base",
     "pipeline.surveys": "base",
     "pipeline._ray": "base",
     "pipeline._malloc": "base",
@@ -27,6 +28,7 @@ LAYER_OF = {
     "pipeline.run": "run",
     "pipeline.demo": "run",
     "pipeline.gallery": "run",
+    "pipeline.evaluate": "run",
     "pipeline.cli": "cli",
 }
 # layer -> the layers it may import from (its own included)

@@ -89,29 +89,11 @@ def denoiser_effect_on_detector(denoiser, dn_config: dict, detector, det_config:
 
 def roc_plots(curves: dict, config: dict, out_dir) -> list[str]:
     """The task's ROC ``curves`` ({name: (truth, score)}) of a checkpoint's ``config`` as one
-    PNG file (matplotlib, Agg); returns its path in a list."""
-    import matplotlib
+    PNG file (``pipeline.plots.write_roc``); returns its path in a list."""
+    from pipeline.plots import write_roc
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.metrics import roc_auc, roc_curve
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (y, s) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate",
-           title=f"{config['task']}: {config['model']}")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = out_dir / f"roc_{config['task']}_{config['model']}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [str(path)]
+    path = Path(out_dir) / f"roc_{config['task']}_{config['model']}.png"
+    return [str(write_roc(curves, path, f"{config['task']}: {config['model']}"))]
 
 
 def load_sky_cutout(path, hdu: int | None = None, plane: int | None = None,
