@@ -94,7 +94,7 @@ def _redshifts(rng, priors: Priors) -> tuple[float, float]:
     return z_l, z_s
 
 
-def _add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Priors,
+def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Priors,
               task: str) -> Scene:
     """Make ``scene`` a lens: EPL + shear whose shape follows the light's (``info`` q, phi),
     lensing a clumpy Sersic source."""
@@ -132,7 +132,7 @@ def _substructure_lens(rng, preset: Preset, priors: Priors) -> Scene:
     scene = Scene(LENS_KIND, light=[light], labels={
         "mag_lens": info["mag_lens"], "r_eff_lens": info["r_eff_lens"], "x_lens": centre[0],
         "y_lens": centre[1]})
-    return _add_lens(rng, scene, info, centre, preset, priors, "substructure")
+    return add_lens(rng, scene, info, centre, preset, priors, "substructure")
 
 
 def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
@@ -151,7 +151,7 @@ def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
                     "n_stars": len(scene.stars)}
     scene.kind = kind
     if kind == LENS_KIND:
-        return _add_lens(rng, scene, info, centre, preset, priors, "lens")
+        return add_lens(rng, scene, info, centre, preset, priors, "lens")
     if kind == "ring_galaxy":
         scene.light += gal.star_forming_ring(rng, preset, priors, centre, info["mag_lens"])
     elif kind == "companion":
