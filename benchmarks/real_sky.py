@@ -191,7 +191,9 @@ def main() -> None:
     models = dict(m.partition("=")[::2] if "=" in m else (m, m) for m in args.model or ["shipped"])
     sims = dict(s.split("=", 1) for s in args.sim)
     sdss = {v: sdss_images(args.sdss, v) for v in ("VIS", "gri")}
-    rows = [score(name, ckpt, sdss, sims) for name, ckpt in models.items()]
+    where = (str(args.sdss.resolve().relative_to(REPO)) if args.sdss.resolve().is_relative_to(REPO)
+             else f"{args.sdss.name}/ JPEGs, benchmarks/make_sdss_views.py")
+    rows = [{**score(name, ckpt, sdss, sims), "sdss": where} for name, ckpt in models.items()]
     shortcuts = [] if args.no_shortcut else shortcut_rows(sims)
     print(markdown(rows, shortcuts))
     if args.json:
