@@ -35,6 +35,9 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backgrounds", nargs="+", default=None, metavar="INPUT",
                    help="lens task: paint arcs onto these real cutouts (files, globs, dirs, "
                         "URIs); each gives a non-lens (untouched) and a lens")
+    p.add_argument("--sources", nargs="+", default=None, metavar="INPUT",
+                   help="lens task: real high-resolution galaxy stamps (e.g. HST cutouts; files, "
+                        "globs, dirs, URIs) as the lensed sources instead of clumpy Sersics")
     p.add_argument("--bands", nargs="+", default=None,
                    help="--backgrounds: bands to read by name, in the preset's order")
     p.add_argument("--arc-snr", default="10,200", metavar="LO,HI",
@@ -59,7 +62,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
             args.preset, args.backgrounds, args.out, args.seed, bands=args.bands, size=args.size,
             priors=parse_prior_overrides(args.prior) or None,
             snr_range=tuple(float(x) for x in args.arc_snr.split(",")), split_fractions=splits,
-            overwrite=args.overwrite, progress=not args.no_progress)
+            sources=args.sources, overwrite=args.overwrite, progress=not args.no_progress)
         print(f"wrote {m['n']} images ({m['counts']['injected']} backgrounds with and without "
               f"arcs) to {args.out}; {len(m['skipped'])} cutouts skipped (see manifest.json)")
         return 0
@@ -69,8 +72,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
         args.preset, args.task, args.n, args.seed, args.out, size=args.size,
         priors=parse_prior_overrides(args.prior) or None, shard_size=args.shard_size,
         split_fractions=splits, clean=args.clean,
-        backend=args.backend, matched=args.matched, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        backend=args.backend, matched=args.matched, sources=args.sources,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
     counts = ", ".join(f"{k}={v['n']}" for k, v in manifest["splits"].items())
     print(f"wrote {manifest['n']} images ({counts}) to {args.out}; classes {manifest['counts']}")

@@ -115,9 +115,10 @@ def poisson_noise(rng: np.random.Generator, arcs: np.ndarray, per_flux) -> np.nd
 
 
 def inject_lens(rng: np.random.Generator, bg: Background, preset: Preset, priors: Priors,
-                snr_range=SNR_RANGE) -> tuple[np.ndarray, np.ndarray, dict]:
+                snr_range=SNR_RANGE, sources=()) -> tuple[np.ndarray, np.ndarray, dict]:
     """A lens made of ``bg`` (module doc): returns the image with arcs and Poisson noise added,
-    the noiseless arcs (both in the file's units) and the labels."""
+    the noiseless arcs (both in the file's units) and the labels. ``sources``: real source
+    stamps (``pipeline.simulate.sources``) instead of clumpy Sersic sources."""
     from pipeline.simulate.psf import nominal_kernel
     from pipeline.simulate.render import LenstronomyRenderer
     from pipeline.simulate.scenes import LENS_LABELS, Scene, add_lens
@@ -132,7 +133,7 @@ def inject_lens(rng: np.random.Generator, bg: Background, preset: Preset, priors
     centre = (galaxy["x"], galaxy["y"])
     scene = Scene("lens", psf=psf, labels={"x_lens": centre[0], "y_lens": centre[1]})
     scene = add_lens(rng, scene, {"q": galaxy["q"], "phi": galaxy["phi"]}, centre, grid, prior,
-                      "lens")
+                      "lens", sources)
     arcs_e = LenstronomyRenderer(grid).render(scene).arcs  # preset units (e-/s)
     # FFT convolution leaves ~1e-16 ripples everywhere: below 1e-6 of the peak, nothing is added
     arcs_e = np.where(arcs_e > 1e-6 * arcs_e.max(axis=(1, 2), keepdims=True), arcs_e, 0.0)
@@ -197,14 +198,15 @@ def backgrounds_of(path: str, size: int, bands=None,
 
 INJECT_LABELS = ("is_lens", "kind", "theta_e", "snr_arcs", "x_lens", "y_lens", "r_eff_lens",
                  "e1_lens", "e2_lens", "gamma_slope", "gamma1", "gamma2", "x_source",
-                 "y_source", "r_eff_source", "n_clumps", "z_lens", "z_source")
+                 "y_source", "r_eff_source", "n_clumps", "source_stamp", "z_lens", "z_source")
 
 
 def make_injection_shard(preset: Preset, priors: Priors, files: list[str], path: str, seed: int,
                          key: tuple[int, ...], snr_range=SNR_RANGE, bands=None,
-                         pixel_scale: float | None = None) -> dict:
+                         pixel_scale: float | None = None, sources=()) -> dict:
     """One shard (the body of one Ray task): every background of ``files`` twice, untouched
-    (``kind`` "real", a non-lens) and with arcs (``kind`` "injected"), next to each other."""
+    (``kind`` "real", a non-lens) and with arcs (``kind`` "injected"), next to each other;
+    lensed sources from the real ``sources`` stamps when given."""
     from pipeline.io import write_cube_shard
     from pipeline.io.files import sha256_file
     from pipeline.simulate.scenes import LENS_LABELS
@@ -218,7 +220,7 @@ def make_injection_shard(preset: Preset, priors: Priors, files: list[str], path:
         for bg in bgs:
             rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*key, len(images))))
             try:
-                lensed, _, lab = inject_lens(rng, bg, preset, priors, snr_range)
+                lensed, _, lab = inject_lens(rng, bg, preset, priors, snr_range, sources)
             except ConfigError as exc:
                 skipped.append((bg.id, str(exc)))
                 continue
@@ -244,11 +246,12 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
                         size: int | None = None, priors: Priors | dict | None = None,
                         snr_range=SNR_RANGE, split_fractions=(0.8, 0.1, 0.1),
                         files_per_shard: int = 50, pixel_scale: float | None = None,
-                        overwrite: bool = False, progress: bool = True) -> dict:
+                        sources=None, overwrite: bool = False, progress: bool = True) -> dict:
     """Real cutouts ``backgrounds`` (files, globs, directories, URIs) with and without injected
     arcs, as a training set under ``out`` (shards + ``manifest.json``, as ``simulate``), one Ray
     task per group of files. Splits are by file (a hash of its name). Rows that cannot be used
-    are listed in the manifest with the reason (``skipped``); counts add up."""
+    are listed in the manifest with the reason (``skipped``); counts add up. ``sources``: real
+    galaxy stamps as the lensed sources (as ``simulate``)."""
     import json
     import os
     import pathlib
@@ -260,6 +263,7 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
     from pipeline.simulate.generate import MANIFEST, SPLITS, _versions
     from pipeline.simulate.instruments import get_preset
     from pipeline.simulate.priors import default_priors
+    from pipeline.simulate.sources import read_source_stamps
 
     p = get_preset(preset, size)
     pri = default_priors(preset) if priors is None else (
@@ -270,6 +274,7 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
     out = pathlib.Path(out)
     if (out / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{out / MANIFEST}: exists (pass overwrite=True to replace it)")
+    stamps, bad_stamps = read_source_stamps(sources) if sources else ((), [])
     inputs = list_inputs(backgrounds)
     if not len(inputs):
         raise ConfigError(f"no FITS files in {backgrounds}")
@@ -278,6 +283,7 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
         by_split[_split_of(f, split_fractions)].append(f)
     ray = ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=2)(make_injection_shard)
+    stamps_ref = ray.put(tuple(stamps))  # once in the object store, not once per task
     refs = []
     for si, split in enumerate(SPLITS):
         files = by_split[split]
@@ -285,7 +291,7 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
             path = str(out / split / f"shard-{k // files_per_shard:05d}.fits")
             refs.append((split, task.remote(p, pri, files[k:k + files_per_shard], path, seed,
                                             (si, k // files_per_shard), snr_range, bands,
-                                            pixel_scale)))
+                                            pixel_scale, stamps_ref)))
     entries = []
     with tqdm(total=len(refs), unit="shard", desc=f"inject {p.name}", disable=not progress) as bar:
         for split, ref in refs:
@@ -312,6 +318,9 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
         "split_fractions": list(split_fractions), "label_columns": list(INJECT_LABELS),
         "splits": splits, "skipped": skipped, "priors": pri.to_dict(),
         "instrument": p.to_dict(), "versions": _versions("lenstronomy")}
+    if sources:
+        manifest["sources"] = {"inputs": [str(x) for x in np.atleast_1d(sources)],
+                               "stamps": [st.name for st in stamps], "skipped": bad_stamps}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
