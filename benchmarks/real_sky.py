@@ -101,15 +101,21 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
 
 
 def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
-    from pipeline.metrics import roc_auc
+    from pipeline.metrics import lens_metrics, roc_auc
     from pipeline.models import load_checkpoint, load_pretrained, predict
-    from pipeline.train.evaluate import evaluate_model
+    from pipeline.train.evaluate import collect
 
-    model, config = load_pretrained("lens-detect") if ckpt == "shipped" else load_checkpoint(ckpt)
+    # ``A+B+...``: an ensemble, the mean p_lens of its members (same bands and geometry)
+    members = [load_pretrained("lens-detect") if c == "shipped" else load_checkpoint(c)
+               for c in ckpt.split("+")]
+    model, config = members[0]
+
+    def p_lens(images):
+        return np.mean([predict(m, c, images)["p_lens"] for m, c in members], axis=0)
+
     view = view_of(config)
-    p_sdss = predict(model, config, sdss[view])["p_lens"]
-    fixtures = [(label, fname, float(predict(model, config, x)["p_lens"][0]))
-                for label, fname, x in fixture_images(config)]
+    p_sdss = p_lens(sdss[view])
+    fixtures = [(label, fname, float(p_lens(x)[0])) for label, fname, x in fixture_images(config)]
     lens = np.array([p for lab, _, p in fixtures if lab == "lens"])
     non = np.array([p for lab, _, p in fixtures if lab != "lens"])
     row = {"model": name, "checkpoint": ckpt, "view": view, "n_sdss": int(len(p_sdss)),
@@ -127,7 +133,8 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
         if len(config["bands"]) != len(json.loads((pathlib.Path(data_dir) / "manifest.json")
                                                   .read_text())["bands"]):
             continue
-        m = evaluate_model(model, config, data_dir, "test")
+        data = collect(data_dir, "test", config)
+        m = lens_metrics(data["is_lens"], p_lens(data["image"]))
         row[f"sim_auc[{sim}]"], row[f"sim_tpr0[{sim}]"] = m["auc"], m["tpr0"]
     return row
 
@@ -176,7 +183,8 @@ def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
-                    help="a lens finder (repeatable); 'shipped' alone means the package's")
+                    help="a lens finder (repeatable); 'shipped' alone means the package's; "
+                         "CKPT_A+CKPT_B: the ensemble of both (mean p_lens)")
     ap.add_argument("--sim", action="append", default=[], metavar="NAME=DATA_DIR",
                     help="a simulated set whose TEST split is scored (repeatable)")
     ap.add_argument("--sdss", type=pathlib.Path, default=SDSS_VIEW,
@@ -191,7 +199,9 @@ def main() -> None:
     models = dict(m.partition("=")[::2] if "=" in m else (m, m) for m in args.model or ["shipped"])
     sims = dict(s.split("=", 1) for s in args.sim)
     sdss = {v: sdss_images(args.sdss, v) for v in ("VIS", "gri")}
-    rows = [score(name, ckpt, sdss, sims) for name, ckpt in models.items()]
+    where = (str(args.sdss.resolve().relative_to(REPO)) if args.sdss.resolve().is_relative_to(REPO)
+             else f"{args.sdss.name}/ JPEGs, benchmarks/make_sdss_views.py")
+    rows = [{**score(name, ckpt, sdss, sims), "sdss": where} for name, ckpt in models.items()]
     shortcuts = [] if args.no_shortcut else shortcut_rows(sims)
     print(markdown(rows, shortcuts))
     if args.json:

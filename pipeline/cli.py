@@ -20,7 +20,8 @@ from pipeline.precision import PRECISIONS
 def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", required=True, help="instrument: hst, euclid-vis, ground-gri")
     p.add_argument("--task", required=True, choices=["lens", "substructure"])
-    p.add_argument("--n", type=int, required=True, help="number of images over all splits")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of images over all splits (required unless --backgrounds)")
     p.add_argument("--seed", type=int, default=0, help="master seed (same seed, same bytes)")
     p.add_argument("--out", required=True, help="output directory (manifest.json + shards)")
     p.add_argument("--size", type=int, default=None, help="cutout side in pixels (default 64)")
@@ -29,7 +30,18 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean", action="store_true", help="also store noiseless images (CLEAN)")
     p.add_argument("--backend", default="lenstronomy", choices=["lenstronomy", "caustics"])
     p.add_argument("--matched", action="store_true",
-                   help="substructure: render every lens once per class (learnable sets)")
+                   help="render every lens once per class (substructure) or with and without its "
+                        "source plus extra hard negatives (lens): only the signal separates them")
+    p.add_argument("--backgrounds", nargs="+", default=None, metavar="INPUT",
+                   help="lens task: paint arcs onto these real cutouts (files, globs, dirs, "
+                        "URIs); each gives a non-lens (untouched) and a lens")
+    p.add_argument("--sources", nargs="+", default=None, metavar="INPUT",
+                   help="lens task: real high-resolution galaxy stamps (e.g. HST cutouts; files, "
+                        "globs, dirs, URIs) as the lensed sources instead of clumpy Sersics")
+    p.add_argument("--bands", nargs="+", default=None,
+                   help="--backgrounds: bands to read by name, in the preset's order")
+    p.add_argument("--arc-snr", default="10,200", metavar="LO,HI",
+                   help="--backgrounds: injected arc S/N, log-uniform (default 10,200)")
     p.add_argument("--prior", action="append", default=[], metavar="NAME=LO,HI",
                    help="override a prior, e.g. theta_e=0.8,2.5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -40,12 +52,28 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from pipeline.simulate import simulate
     from pipeline.simulate.priors import parse_prior_overrides
 
+    splits = [float(x) for x in args.splits.split(",")]
+    if args.backgrounds:
+        from pipeline.simulate.inject import simulate_injections
+
+        if args.task != "lens":
+            raise SystemExit("lensray simulate: --backgrounds makes lens-task sets (--task lens)")
+        m = simulate_injections(
+            args.preset, args.backgrounds, args.out, args.seed, bands=args.bands, size=args.size,
+            priors=parse_prior_overrides(args.prior) or None,
+            snr_range=tuple(float(x) for x in args.arc_snr.split(",")), split_fractions=splits,
+            sources=args.sources, overwrite=args.overwrite, progress=not args.no_progress)
+        print(f"wrote {m['n']} images ({m['counts']['injected']} backgrounds with and without "
+              f"arcs) to {args.out}; {len(m['skipped'])} cutouts skipped (see manifest.json)")
+        return 0
+    if args.n is None:
+        raise SystemExit("lensray simulate: --n is required (or --backgrounds)")
     manifest = simulate(
         args.preset, args.task, args.n, args.seed, args.out, size=args.size,
         priors=parse_prior_overrides(args.prior) or None, shard_size=args.shard_size,
-        split_fractions=[float(x) for x in args.splits.split(",")], clean=args.clean,
-        backend=args.backend, matched=args.matched, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        split_fractions=splits, clean=args.clean,
+        backend=args.backend, matched=args.matched, sources=args.sources,
+        overwrite=args.overwrite, progress=not args.no_progress,
     )
     counts = ", ".join(f"{k}={v['n']}" for k, v in manifest["splits"].items())
     print(f"wrote {manifest['n']} images ({counts}) to {args.out}; classes {manifest['counts']}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ def test_shipped_weights_load_and_are_documented(stage):
         assert needed in card, needed
     assert cfg["metrics"]["split"] == "test"
     assert json.loads((d / "config.json").read_text()) == cfg
+    # what is shipped names no path of the machine it was trained on
+    for text in (card, (d / "config.json").read_text()):
+        assert not re.search(r"(^|[\s`'\"])/(work|home|tmp|root|Users|mnt|scratch)/", text)
 
 
 @pytest.mark.parametrize("survey", sorted(SURVEYS))
@@ -43,12 +47,12 @@ def test_a_survey_record_matches_its_weights_and_its_simulator_preset(survey):
     assert survey != "euclid-vis" or shipped == list(STAGES)
 
 
-def _fresh(ray_local, tmp_path_factory, task, n, seed, clean=False):
+def _fresh(ray_local, tmp_path_factory, task, n, seed, clean=False, matched=False):
     from pipeline.simulate import simulate
 
     out = tmp_path_factory.mktemp(f"fresh-{task}")
     simulate("euclid-vis", task, n=n, seed=seed, out=out, shard_size=n, clean=clean,
-             split_fractions=(0.0, 0.0, 1.0), progress=False)
+             matched=matched, split_fractions=(0.0, 0.0, 1.0), progress=False)
     return out
 
 
@@ -57,9 +61,13 @@ def test_shipped_lens_finder_beats_chance_on_fresh_sims(ray_local, tmp_path_fact
     from pipeline.train.evaluate import collect
 
     model, cfg = load_pretrained("lens-detect")
-    data = collect(_fresh(ray_local, tmp_path_factory, "lens", 200, 424242), "test", cfg)
+    data = collect(_fresh(ray_local, tmp_path_factory, "lens", 300, 424242, matched=True), "test",
+                   cfg)
     p = predict(model, cfg, data["image"])["p_lens"]
-    assert roc_auc(data["is_lens"], p) > 0.9
+    # matched lens sets (every deflector with and without its arcs, as it was trained and tested):
+    # as good as its model card says, within the noise of 300 cutouts, and far from chance
+    auc = roc_auc(data["is_lens"], p)
+    assert auc > max(0.8, cfg["metrics"]["auc"] - 0.06)
 
 
 @pytest.mark.timeout(300)

@@ -14,9 +14,9 @@ input's own units.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+
+from pipeline.io.pixels import image_stats  # noqa: F401  (part of this module's API)
 
 DEFAULT_NORMALIZATION = {"method": "border-mad-asinh", "border": 4, "asinh_scale": 3.0}
 
@@ -26,41 +26,6 @@ def _check(cfg: dict) -> dict:
     if cfg["method"] != "border-mad-asinh":
         raise ValueError(f"unknown normalization method {cfg['method']!r} (known: border-mad-asinh)")
     return cfg
-
-
-def image_stats(images: np.ndarray, border: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Robust sky level and noise per image and band from a frame ``border`` pixels wide.
-
-    ``images`` is (N, B, H, W). Returns ``sky`` and ``noise``, each (N, B). Non-finite pixels are
-    ignored (a frame with none finite, the NaN padding of a small cutout, falls back to the whole
-    cutout's median and MAD); a noise of zero (noiseless or constant cutouts) falls back to the standard deviation
-    of the whole cutout, then to 1, so normalising never divides by zero.
-    """
-    x = np.asarray(images, dtype=np.float64)
-    if x.ndim != 4:
-        raise ValueError(f"images must be (N, bands, H, W), got shape {x.shape}")
-    n, b, h, w = x.shape
-    bw = max(1, min(border, h // 4, w // 4))
-    frame = np.concatenate(
-        [x[..., :bw, :].reshape(n, b, -1), x[..., -bw:, :].reshape(n, b, -1),
-         x[..., bw:-bw, :bw].reshape(n, b, -1), x[..., bw:-bw, -bw:].reshape(n, b, -1)], axis=-1
-    )
-    flat = x.reshape(n, b, -1)
-    with warnings.catch_warnings():  # all-NaN frames are handled below
-        warnings.simplefilter("ignore", RuntimeWarning)
-        sky = np.nanmedian(frame, axis=-1)
-        noise = 1.4826 * np.nanmedian(np.abs(frame - sky[..., None]), axis=-1)
-        blank = ~np.isfinite(sky)  # a frame of padding only (a small cutout fitted to a model)
-        if blank.any():
-            inner = flat[blank]
-            sky[blank] = np.nanmedian(inner, axis=-1)
-            noise[blank] = 1.4826 * np.nanmedian(np.abs(inner - sky[blank][:, None]), axis=-1)
-        whole = np.nanstd(flat, axis=-1)
-    sky = np.where(np.isfinite(sky), sky, 0.0)
-    bad = ~(noise > 0) | ~np.isfinite(noise)
-    noise = np.where(bad, whole, noise)
-    noise = np.where(~(noise > 0) | ~np.isfinite(noise), 1.0, noise)
-    return sky.astype(np.float32), noise.astype(np.float32)
 
 
 def normalize(images: np.ndarray, cfg: dict | None = None, stats=None):

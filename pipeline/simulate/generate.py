@@ -42,6 +42,7 @@ from pipeline.io.files import sha256_file
 from pipeline.simulate.instruments import ConfigError, Preset, get_preset
 from pipeline.simulate.priors import HARD_NEGATIVES, LENS_KIND, Priors, default_priors
 from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene, unlensed
+from pipeline.simulate.sources import read_source_stamps
 
 TASKS = ("lens", "substructure")
 BACKENDS = ("lenstronomy", "caustics")
@@ -63,6 +64,7 @@ class SimConfig:
     clean: bool = False
     backend: str = "lenstronomy"
     matched: bool = False
+    sources: tuple = dataclasses.field(default=(), repr=False)  # real source stamps
 
     def class_column(self) -> str:
         return "kind" if self.task == "lens" else "substructure_class"
@@ -85,8 +87,9 @@ class ShardSpec:
 def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None = None,
                 priors: Priors | dict | None = None, shard_size: int = 1000,
                 split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
-                backend: str = "lenstronomy", matched: bool = False) -> SimConfig:
-    """Check a request and return it as a SimConfig; raise ConfigError before any work."""
+                backend: str = "lenstronomy", matched: bool = False, sources=()) -> SimConfig:
+    """Check a request and return it as a SimConfig; raise ConfigError before any work.
+    ``sources``: real source stamps (``sources.read_source_stamps``) for the lens task."""
     p = get_preset(preset, size)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r} (available: {', '.join(TASKS)})")
@@ -116,8 +119,13 @@ def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None =
             and priors.hard_negative_fraction > 0:
         raise ConfigError("matched lens sets with hard_negative_fraction > 0 need some weight "
                           f"on the hard-negative kinds {HARD_NEGATIVES} in nonlens_kinds")
+    if sources and task != "lens":
+        raise ConfigError("real source stamps are for the lens task (the substructure task "
+                          "keeps its smooth sources, where subhalos are what perturbs the arcs)")
+    if sources and backend != "lenstronomy":
+        raise ConfigError("real source stamps need the lenstronomy backend (INTERPOL light)")
     return SimConfig(p, task, int(n), int(seed), priors, int(shard_size), fr, bool(clean), backend,
-                     bool(matched))
+                     bool(matched), tuple(sources))
 
 
 def plan_shards(cfg: SimConfig, out: str | os.PathLike) -> list[ShardSpec]:
@@ -164,7 +172,7 @@ def shard_scenes(cfg: SimConfig, spec: ShardSpec):
     kinds = allocate(spec.n, cfg.priors.class_fractions(cfg.task), np.random.default_rng(root))
     rngs = [np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(*spec.spawn_key, i)))
             for i in range(spec.n)]
-    scenes = [sample_scene(rng, cfg.preset, cfg.priors, cfg.task, k)
+    scenes = [sample_scene(rng, cfg.preset, cfg.priors, cfg.task, k, cfg.sources)
               for rng, k in zip(rngs, kinds, strict=True)]
     return scenes, rngs
 
@@ -185,7 +193,8 @@ def _matched_lens_scenes(cfg: SimConfig, spec: ShardSpec):
         key = (*spec.spawn_key, int(g))
         what, kind = groups[g]
         scene = sample_scene(np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key)),
-                             cfg.preset, p, cfg.task, LENS_KIND if what == "pair" else kind)
+                             cfg.preset, p, cfg.task, LENS_KIND if what == "pair" else kind,
+                             cfg.sources)
         pair = [scene, unlensed(scene)] if what == "pair" else [scene]
         for j in order.permutation(len(pair)):
             scenes.append(pair[j])
@@ -310,8 +319,8 @@ def build_manifest(cfg: SimConfig, entries: list[dict], out: pathlib.Path) -> di
 def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, *,
              size: int | None = None, priors: Priors | dict | None = None,
              shard_size: int = 1000, split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
-             backend: str = "lenstronomy", matched: bool = False, overwrite: bool = False,
-             progress: bool = True) -> dict:
+             backend: str = "lenstronomy", matched: bool = False, sources=None,
+             overwrite: bool = False, progress: bool = True) -> dict:
     """Simulate ``n`` labelled cutouts into cube shards under ``out``, one Ray task per shard.
 
     Args:
@@ -327,15 +336,18 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
             the cluster has one).
         matched: every lens rendered once per class (substructure) or with and without its
             source (lens task, plus extra hard negatives) (see module doc).
+        sources: real galaxy stamps (files, globs, directories, URIs; e.g. HST cutouts) as the
+            lens task's source galaxies instead of clumpy Sersics (``pipeline.simulate.sources``).
         overwrite: replace an existing output directory's manifest and shards.
         progress: tqdm bar over finished shards.
 
     Returns:
         The manifest (also written to ``out/manifest.json``).
     """
+    stamps, skipped = read_source_stamps(sources) if sources else ((), [])
     cfg = make_config(preset, task, n, seed, size=size, priors=priors, shard_size=shard_size,
                       split_fractions=split_fractions, clean=clean, backend=backend,
-                      matched=matched)
+                      matched=matched, sources=stamps)
     out = pathlib.Path(out)
     if (out / MANIFEST).exists() and not overwrite:
         raise FileExistsError(f"{out / MANIFEST}: exists (pass overwrite=True to replace it)")
@@ -346,6 +358,9 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
                 old.unlink()
     entries = _run(cfg, specs, progress)
     manifest = build_manifest(cfg, entries, out)
+    if sources:  # label source_stamp indexes "stamps"
+        manifest["sources"] = {"inputs": [str(x) for x in np.atleast_1d(sources)],
+                               "stamps": [st.name for st in stamps], "skipped": skipped}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, default=_jsonable) + "\n")

@@ -27,6 +27,7 @@ from pipeline.simulate import substructure as sub
 from pipeline.simulate.galaxies import Light, u
 from pipeline.simulate.instruments import Preset
 from pipeline.simulate.priors import LENS_KIND, SUBSTRUCTURE_CLASSES, Priors
+from pipeline.simulate.sources import real_source
 
 # Label columns of each task, with the value used when a label does not apply to a row.
 NAN = float("nan")
@@ -35,6 +36,7 @@ LENS_LABELS: dict[str, object] = {
     "snr_arcs": 0.0, "z_lens": NAN, "z_source": NAN, "gamma_slope": NAN, "e1_lens": NAN,
     "e2_lens": NAN, "gamma1": NAN, "gamma2": NAN, "x_lens": 0.0, "y_lens": 0.0,
     "x_source": NAN, "y_source": NAN, "r_eff_source": NAN, "r_eff_lens": NAN, "n_clumps": 0,
+    "source_stamp": -1,
     "galaxy_type": "", "n_neighbours": 0, "n_stars": 0,
 }
 SUBSTRUCTURE_LABELS: dict[str, object] = {
@@ -94,10 +96,19 @@ def _redshifts(rng, priors: Priors) -> tuple[float, float]:
     return z_l, z_s
 
 
-def _add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Priors,
-              task: str) -> Scene:
+def source_light(rng, preset: Preset, priors: Priors, mag: float, centre, max_clumps: int,
+                 sources=()) -> tuple[list[Light], dict]:
+    """A source galaxy: one of the real ``sources`` stamps when given (``sources.real_source``),
+    else a clumpy Sersic (``galaxies.star_forming``)."""
+    if sources:
+        return real_source(rng, preset, priors, mag, centre, sources)
+    return gal.star_forming(rng, preset, priors, mag, centre, max_clumps)
+
+
+def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Priors,
+              task: str, sources=()) -> Scene:
     """Make ``scene`` a lens: EPL + shear whose shape follows the light's (``info`` q, phi),
-    lensing a clumpy Sersic source."""
+    lensing a clumpy Sersic source (or one of the real ``sources`` stamps)."""
     theta_e = u(rng, priors.theta_e if task == "lens" else priors.theta_e_substructure)
     q_m = float(np.clip(info["q"] + rng.normal(0, priors.q_mass_scatter), 0.4, 1.0))
     phi_m = info["phi"] + math.radians(rng.normal(0, priors.phi_mass_scatter_deg))
@@ -115,7 +126,7 @@ def _add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Pri
     src_c = (centre[0] + beta * math.cos(a), centre[1] + beta * math.sin(a))
     mag_s = u(rng, priors.mag_source if task == "lens" else priors.mag_source_substructure)
     clumps = priors.max_clumps if task == "lens" else priors.max_clumps_substructure
-    scene.source, sinfo = gal.star_forming(rng, preset, priors, mag_s, src_c, clumps)
+    scene.source, sinfo = source_light(rng, preset, priors, mag_s, src_c, clumps, sources)
     z_l, z_s = _redshifts(rng, priors)
     scene.kind = LENS_KIND
     scene.labels.update({
@@ -132,12 +143,13 @@ def _substructure_lens(rng, preset: Preset, priors: Priors) -> Scene:
     scene = Scene(LENS_KIND, light=[light], labels={
         "mag_lens": info["mag_lens"], "r_eff_lens": info["r_eff_lens"], "x_lens": centre[0],
         "y_lens": centre[1]})
-    return _add_lens(rng, scene, info, centre, preset, priors, "substructure")
+    return add_lens(rng, scene, info, centre, preset, priors, "substructure")
 
 
-def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
+def _field_scene(rng, preset: Preset, priors: Priors, kind: str, sources=()) -> Scene:
     """A lens-task cutout of class ``kind``: the galaxy field (every kind alike), then the lens
-    or the hard-negative feature of its kind."""
+    or the hard-negative feature of its kind (source galaxies from ``sources`` when given, for
+    the lenses and the blends alike)."""
     centre = _centre(rng, preset, priors)
     light, info, dust = gal.main_galaxy(rng, preset, priors, centre, strong_arms=kind == "spiral")
     around = gal.neighbours(rng, preset, priors, centre, info["mag_lens"])
@@ -151,7 +163,7 @@ def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
                     "n_stars": len(scene.stars)}
     scene.kind = kind
     if kind == LENS_KIND:
-        return _add_lens(rng, scene, info, centre, preset, priors, "lens")
+        return add_lens(rng, scene, info, centre, preset, priors, "lens", sources)
     if kind == "ring_galaxy":
         scene.light += gal.star_forming_ring(rng, preset, priors, centre, info["mag_lens"])
     elif kind == "companion":
@@ -162,7 +174,7 @@ def _field_scene(rng, preset: Preset, priors: Priors, kind: str) -> Scene:
         mag_s = u(rng, priors.mag_source)
         sep, a = u(rng, priors.blend_sep), rng.uniform(0, 2 * math.pi)
         c = (centre[0] + sep * math.cos(a), centre[1] + sep * math.sin(a))
-        parts, sinfo = gal.star_forming(rng, preset, priors, mag_s, c, priors.max_clumps)
+        parts, sinfo = source_light(rng, preset, priors, mag_s, c, priors.max_clumps, sources)
         scene.light += parts
         scene.labels.update({"mag_source": mag_s, "x_source": c[0], "y_source": c[1], **sinfo})
     elif kind not in ("galaxy", "spiral"):
@@ -219,10 +231,11 @@ def _add_substructure(rng, scene: Scene, priors: Priors, cls: str) -> Scene:
 
 
 def sample_scene(rng: np.random.Generator, preset: Preset, priors: Priors, task: str,
-                 kind: str) -> Scene:
-    """Draw one scene of class ``kind`` (a lens-task kind or a substructure class)."""
+                 kind: str, sources=()) -> Scene:
+    """Draw one scene of class ``kind`` (a lens-task kind or a substructure class); lens-task
+    source galaxies from the real ``sources`` stamps when given."""
     if task == "lens":
-        scene = _field_scene(rng, preset, priors, kind)
+        scene = _field_scene(rng, preset, priors, kind, sources)
     elif task == "substructure":
         scene = _add_substructure(rng, _substructure_lens(rng, preset, priors), priors, kind)
     else:

@@ -61,22 +61,55 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
                   "|---|---|---|"]
         lines += [f"| {int(h['epoch'])} | {h['train_loss']:.4f} | {h['val_loss']:.4f} |"
                   for h in tr["history"]]
+    lines += _real_sky(config.get("real_sky"))
     lines += ["", *sections]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def portable(config: dict) -> dict:
+    """``config`` with the machine's absolute paths of its training data and run directory
+    written as ``data/NAME`` and ``runs/NAME`` (shipped files name no machine paths)."""
+    text = json.dumps(config)
+    tr = config.get("trained", {})
+    recipe = tr.get("recipe", "").split()
+    out = recipe[recipe.index("--out") + 1] if "--out" in recipe[:-1] else None
+    for path, home in ((tr.get("data"), "data"), (out, "runs")):
+        if path and Path(path).is_absolute():
+            text = text.replace(json.dumps(path)[1:-1], f"{home}/{Path(path).name}")
+    return json.loads(text)
+
+
+def _real_sky(r: dict | None) -> list[str]:
+    """The card's real-sky section from a ``benchmarks/real_sky.py`` row."""
+    if not r:
+        return []
+    lines = ["", "## Real sky (never seen in training)", "",
+             f"`{r['command']}`: real SDSS galaxies (Galaxy Zoo 2, `{r['sdss']}`, n={r['n_sdss']}) "
+             f"flagged at p_lens > 0.5: {r['sdss_flag_0.5']:.1%}, > 0.9: {r['sdss_flag_0.9']:.1%}; "
+             f"real lenses vs real non-lenses (fixtures + SDSS) AUC {r['real_auc_with_sdss']:.3f}. "
+             "Observed cutouts of `tests/data/real` and `tests/data/real_backgrounds` "
+             f"(`tests/data/README.md`), resampled to {r['pixel_scale']}\"/px:", "",
+             "| cutout | label | p_lens |", "|---|---|---|"]
+    return lines + [f"| {x['file']} | {x['label']} | {x['p_lens']:.3f} |" for x in r["fixtures"]]
+
+
 def ship(checkpoint, stage: str, sections: list[str] = (), dest=None,
-         survey: str | None = None) -> Path:
+         survey: str | None = None, real_sky: dict | None = None) -> Path:
     """Copy a checkpoint into the shipped weights of ``stage`` for ``survey`` (None: the
-    default; or into ``dest``) and write its model card."""
+    default; or into ``dest``) and write its model card; ``real_sky`` (a row of
+    ``benchmarks/real_sky.py --json`` with its ``command``) goes into both."""
     default_dest = pretrained_dir(stage, survey)  # also checks the stage name
     src = Path(checkpoint)
     config = json.loads((src / CONFIG_FILE).read_text())
     if config["task"] != stage:
         raise ValueError(f"{src}: checkpoint is for stage {config['task']!r}, not {stage!r}")
+    config = portable(config)
+    if real_sky:
+        config["real_sky"] = {**real_sky, "pixel_scale": config["pixel_scale"]}
+        config["real_sky"].pop("checkpoint", None)
     dest = Path(dest) if dest else default_dest
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / WEIGHTS_FILE, dest / WEIGHTS_FILE)
-    shutil.copyfile(src / CONFIG_FILE, dest / CONFIG_FILE)
+    (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (dest / CARD_FILE).write_text(model_card(config, dest / WEIGHTS_FILE, sections))
     return dest

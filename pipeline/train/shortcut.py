@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.models.normalize import image_stats
+from pipeline.io.pixels import image_stats
 
 FEATURES = ("total_flux", "peak", "size", "concentration", "ellipticity", "centroid_offset",
             "border_level")
