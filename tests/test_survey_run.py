@@ -46,7 +46,7 @@ def mixed(tmp_path_factory):
     d = tmp_path_factory.mktemp("mixed")
     scales = {"fine": (0.05, 96), "native": (0.1, 48), "coarse": (0.2, 30)}
     for name, (scale, n) in scales.items():
-        write_cutout(d / f"{name}.fits", ring(1.2, scale, n), scale=scale)
+        write_cutout(d / f"{name}.fits", ring(1.2, scale, n), scale=scale, names=["VIS"])
     write_cutout(d / "gri.fits", ring(1.2, 0.2, 40, bands=3), scale=0.2, names=["g", "r", "i"])
     write_cutout(d / "tiny.fits", ring(0.3, 0.1, 12), scale=0.1)
     write_cutout(d / "noscale.fits", ring(1.2, 0.1, 48))
@@ -75,7 +75,8 @@ def test_one_run_fits_every_file_to_the_model_or_says_why(ray_local, mixed, vis_
     assert "less than 50% of its 32" in reasons["tiny"]
     assert "pixel scale unknown" in reasons["noscale"] and "--pixel-scale" in reasons["noscale"]
     assert "broken.fits" in reasons["broken"]
-    assert summary["survey"]["name"] == "euclid-vis" and "default" in summary["survey"]["by"]
+    assert summary["survey"]["name"] == "euclid-vis"  # VIS in 2 of the first 4 files, g,r,i in 1
+    assert "2 of the first 4" in summary["survey"]["by"]
     assert summary["read"]["pixel_scale"] is None and summary["geometry"]["size"] == 32
     assert (out / "gallery.png").stat().st_size > 10_000
     options = json.loads((out / "_shards" / "_options.json").read_text())
@@ -100,7 +101,7 @@ def test_a_crashed_run_does_not_lock_its_out(ray_local, mixed, vis_ckpts, tmp_pa
     with pytest.raises(Exception, match="boom"):
         run_cascade([d], out, stages=[Boom()], progress=False, gallery=0)
     assert not (out / "_shards" / "_options.json").exists()
-    summary = run_cascade([d], out, stages=[LensDetect(vis_ckpts["lens-detect"])],
+    summary = run_cascade([d], out, stages=[LensDetect(checkpoint=vis_ckpts["lens-detect"])],
                           progress=False, gallery=0)  # other stages, other options: fine
     assert summary["adds_up"] and summary["total"]["rows"] == 7
 
