@@ -5,6 +5,7 @@ survey without weights."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -167,3 +168,23 @@ def test_stages_of_a_survey_without_weights(tmp_path, caplog):
     assert detect.survey == "ground-gri" == get_survey("ground-gri").name
     if len(pipe.stages) < len(STAGES):  # the stages left out are named in the log
         assert "survey ground-gri ships no" in caplog.text
+
+
+def test_a_run_that_finished_no_file_binds_no_options(tmp_path):
+    """A crashed or stopped run leaves its --out free: the options are recorded with the first
+    finished file, and only then does a rerun with others get refused."""
+    import pyarrow as pa
+
+    from pipeline.io import CatalogStore
+
+    src = str(tmp_path / "a.fits")
+    crashed = CatalogStore(tmp_path / "out", [src])
+    crashed.check_options({"survey": "euclid-vis", "threshold": 0.5})  # then the run died
+    assert not (tmp_path / "out" / "_shards" / "_options.json").exists()
+    rerun = CatalogStore(tmp_path / "out", [src])
+    rerun.check_options({"survey": "ground-gri", "threshold": 0.5})  # other options: fine
+    rerun.add(pa.table({S.ID: ["a:0"], S.SOURCE: [src], S.ERROR: pa.array([None], pa.string())}))
+    rerun.close()
+    assert json.loads((tmp_path / "out" / "_shards" / "_options.json").read_text())["survey"] == "ground-gri"
+    with pytest.raises(ValueError, match="other options .*survey: 'ground-gri' then, 'hst' now"):
+        CatalogStore(tmp_path / "out", [src]).check_options({"survey": "hst", "threshold": 0.5})
