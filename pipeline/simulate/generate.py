@@ -246,7 +246,7 @@ def finish_shard(cfg: SimConfig, spec: ShardSpec, scenes, rngs, clean_imgs, arcs
               "SPLIT": spec.split, "SHARD": spec.number, "BACKEND": cfg.backend,
               "BUNIT": "electron/s"}
     path = write_cube_shard(spec.path, images, _label_table(cfg, ids, labels),
-                            cfg.preset.band_names,
+                            cfg.preset.band_names, pixel_scale=cfg.preset.pixel_scale,
                             clean=clean_imgs.astype(np.float32) if cfg.clean else None,
                             header=header, overwrite=True)
     classes = Counter(lab[cfg.class_column()] for lab in labels)
