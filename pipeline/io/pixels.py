@@ -13,6 +13,8 @@ Both are explicit and documented (docs/io.md) because they change pixels:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -23,7 +25,8 @@ def band_median(images: np.ndarray) -> np.ndarray:
         med = np.median(flat, axis=-1)
     else:
         masked = np.where(np.isfinite(flat), flat, np.nan)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN band: an error row anyway
             med = np.nanmedian(masked, axis=-1) if masked.size else np.zeros(flat.shape[:-1])
         med = np.nan_to_num(med, nan=0.0)
     return med[..., None, None].astype(images.dtype, copy=False)
