@@ -93,7 +93,9 @@ def run_cascade(
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
     Args:
-        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`).
+        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`),
+            or a :class:`pipeline.io.tiles.TilePlan` (tiles + catalogue, see
+            :func:`pipeline.tile_jobs.run_tiles`), whose units (tiles) are then the files.
         out: output directory (created; an existing one is resumed).
         bands, size: passed to ``read_cutouts`` (must match what the models expect).
         stages: stage names in order (any of "denoise", "lens-detect", "substructure"), or
@@ -117,6 +119,7 @@ def run_cascade(
     from pipeline import __version__
     from pipeline.compose import Pipeline
     from pipeline.io.reader import expand_paths
+    from pipeline.io.tiles import TilePlan
     from pipeline.stages import Stage
 
     t0 = time.perf_counter()
@@ -130,21 +133,23 @@ def run_cascade(
                                   batch_size=batch_size, checkpoints=checkpoints,
                                   precision=precision)
     pipeline = Pipeline(stage_objs, fuse=fuse)
-    files, _ = expand_paths(inputs)
+    plan = inputs if isinstance(inputs, TilePlan) else None
+    files = plan.units if plan is not None else expand_paths(inputs)[0]
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
                          ", ".join(sorted({f for f in files if files.count(f) > 1})))
     keys = {f: shard_key(f) for f in files}
     for sub in (CATALOG, ERRORS, SHARDS):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _check_same_options(out, _options_spec(stage_objs, bands, size))
+    _check_same_options(out, {**_options_spec(stage_objs, bands, size),
+                              **(plan.spec if plan is not None else {})})
     pending = [f for f in files if not (out / SHARDS / f"{keys[f]}.json").is_file()]
 
     writer = _ShardWriter(out, {f: keys[f] for f in pending})
     t_cascade = time.perf_counter()
     if pending:
         _stream(pipeline, pending, writer, bands=bands, size=size, strict=strict,
-                progress=progress, buffer_gib=buffer_gib)
+                progress=progress, buffer_gib=buffer_gib, plan=plan)
     t_written = time.perf_counter()
 
     markers = [_read_marker(out, keys[f]) for f in files]
@@ -172,15 +177,19 @@ def run_cascade(
 
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG, gallery, keys=[keys[f] for f in files])
-        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size))
+        images = plan.cutouts([r[schema.INDEX] for r in rows]) if plan is not None else None
+        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size,
+                                               images=images))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     _write_json(out / "summary.json", summary)
     return summary
 
 
-def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gib) -> None:
-    """Read ``files``, run the stages and hand every output block to ``writer``, in order."""
+def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gib,
+            plan=None) -> None:
+    """Read ``files`` (or cut the tiles ``files`` of ``plan``), run the stages and hand every
+    output block to ``writer``, in order."""
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
@@ -197,7 +206,11 @@ def _stream(pipeline, files, writer, *, bands, size, strict, progress, buffer_gi
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = pipeline.run_files(files, bands=bands, size=size, strict=strict, drop=[schema.IMAGE])
+        if plan is not None:
+            ds = pipeline.run(plan.dataset(files, strict=strict), drop=[schema.IMAGE])
+        else:
+            ds = pipeline.run_files(files, bands=bands, size=size, strict=strict,
+                                    drop=[schema.IMAGE])
         bar = tqdm(total=len(files), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -70,5 +70,7 @@ def fix_nonfinite(images: np.ndarray, max_fraction: float) -> tuple[np.ndarray, 
             f"{100 * worst[i]:.1f}% non-finite pixels in band {b} "
             f"(more than max_nonfinite={max_fraction:g})"
         )
-    images = np.where(finite, images, band_median(images))
+    rows = np.flatnonzero(worst > 0)  # medians only where needed (nanmedian is slow)
+    images = images.copy()
+    images[rows] = np.where(finite[rows], images[rows], band_median(images[rows]))
     return images, reasons

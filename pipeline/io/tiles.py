@@ -1,8 +1,8 @@
 """``read_tiles``: survey tiles and a source catalogue in, one cutout row per source out.
 
 Surveys publish large calibrated tiles with a WCS (one image per band) and source catalogues;
-``read_tiles`` cuts a ``size`` x ``size`` cutout around every catalogue source with astropy's
-``Cutout2D`` and returns the rows of :func:`pipeline.io.read_cutouts` (schema:
+``read_tiles`` cuts the ``size`` x ``size`` cutout astropy's ``Cutout2D`` would cut around every
+catalogue source and returns the rows of :func:`pipeline.io.read_cutouts` (schema:
 :mod:`pipeline.io.schema`) plus the catalogue's own columns. Everything downstream (stages,
 writers, the main job) is the same road.
 
@@ -21,10 +21,13 @@ On the driver (:func:`plan_tiles`):
 
 In the workers (one Ray read task per *piece*: a run of one tile's sources in strip order), each
 image is opened once and read in strips through ``hdu.section`` (plain or tile-compressed), so
-only the pixels around the sources are read or decompressed, never a whole tile; ``Cutout2D``
-cuts each source from its strip, and the non-finite policy of :mod:`pipeline.io.pixels` applies.
+only the pixels around the sources are read or decompressed, never a whole tile. The cutouts of a
+strip's sources are then gathered from it in one NumPy step: exactly the windows astropy's
+``Cutout2D(mode="partial", fill_value=nan)`` cuts (its rounding rule, NaN off the image; the
+tests compare against it), without the cost of a ``Cutout2D`` call per source (measured in
+docs/io.md). The non-finite policy of :mod:`pipeline.io.pixels` then applies.
 
-**Centring**: ``Cutout2D`` never resamples: the cutout is the ``size`` x ``size`` block of tile
+**Centring**: nothing is resampled: the cutout is the ``size`` x ``size`` block of tile
 pixels whose geometric centre ``((size-1)/2, (size-1)/2)`` is nearest the source, so the source
 lies within half a pixel of that centre (the offset is ``x - ceil(x - size/2) - (size-1)/2`` in
 tile pixels). ``ra``/``dec`` are the catalogue's; ``index`` is the source's row in the catalogue.
@@ -375,28 +378,40 @@ class TilePlan:
                         strict=True))
 
     def pieces(self, units: Sequence[str] | None = None, max_rows: int | None = None) -> list[Piece]:
-        """The read tasks' work: each unit's rows in strip order, in runs of at most ``max_rows``
-        (default: one output block, BLOCK_BYTES of images)."""
+        """The read tasks' work: each unit's rows in runs of at most ``max_rows`` (default: one
+        output block, BLOCK_BYTES of images), made of whole strips of the reference image
+        wherever a strip holds fewer sources, so each strip is read (decompressed) once."""
         max_rows = max_rows or max(1, BLOCK_BYTES // self.row_bytes)
         wanted = None if units is None else {self.units.index(u) for u in units}
         out = []
         for u, rows in _groups(self.unit, np.arange(len(self.unit))):
             if wanted is not None and u not in wanted:
                 continue
-            ref = self.image[rows, 0]
-            if (ref >= 0).all():  # strip of the reference image, then x: each strip read once
-                nx = self._shapes[ref, 1]
-                strip = np.floor(self.y[rows, 0] / np.maximum(self.size, STRIP_BYTES // (4 * nx)))
-                rows = rows[np.lexsort((self.x[rows, 0], strip))]
-            for start in range(0, len(rows), max_rows):
-                out.append(self._piece(self.units[u], rows[start:start + max_rows]))
+            ref = self.image[rows[0], 0]
+            if ref < 0:  # the catalogue's own unit: error rows only
+                out += [self._piece(self.units[u], rows[i:i + max_rows], 0)
+                        for i in range(0, len(rows), max_rows)]
+                continue
+            ny, nx = self.images[ref].shape
+            # Strips about max_rows sources high (at the mean density), within STRIP_BYTES.
+            high = int(np.clip(max_rows * ny // len(rows), self.size, _strip_rows(nx, self.size)))
+            strip = np.floor(np.maximum(self.y[rows, 0], 0) / high).astype(np.int64)
+            order = np.lexsort((self.x[rows, 0], strip))
+            rows, strip = rows[order], strip[order]
+            start = 0
+            while start < len(rows):  # whole strips up to max_rows, or a part of a fuller one
+                stop = min(start + max_rows, len(rows))
+                if stop < len(rows) and strip[stop] == strip[stop - 1] != strip[start]:
+                    stop = int(np.searchsorted(strip, strip[stop - 1]))
+                out.append(self._piece(self.units[u], rows[start:stop], high))
+                start = stop
         return out
 
     @functools.cached_property
     def _shapes(self) -> np.ndarray:
         return np.array([im.shape for im in self.images], dtype=np.int64).reshape(-1, 2)
 
-    def _piece(self, source: str, rows: np.ndarray) -> Piece:
+    def _piece(self, source: str, rows: np.ndarray, strip_rows: int) -> Piece:
         used = np.unique(self.image[rows][self.image[rows] >= 0])
         local = np.full(len(self.images) + 1, -1)  # global -> piece image index; local[-1] = -1
         local[used] = np.arange(len(used))
@@ -405,7 +420,8 @@ class TilePlan:
                      dec=cat.dec[rows], extra=cat.extra.take(rows),
                      images=tuple(self.images[k] for k in used), image=local[self.image[rows]],
                      x=self.x[rows], y=self.y[rows], reason=self.reason[rows], size=self.size,
-                     max_nonfinite=self.max_nonfinite, filesystem=self.filesystem)
+                     strip_rows=strip_rows, max_nonfinite=self.max_nonfinite,
+                     filesystem=self.filesystem)
 
     def dataset(self, units: Sequence[str] | None = None, *, strict: bool = False,
                 max_rows: int | None = None,
@@ -433,7 +449,7 @@ class TilePlan:
         rows = np.asarray(index, dtype=np.int64)
         if not len(rows):
             return []
-        batch, _ = cut_piece(self._piece("gallery", rows))
+        batch, _ = cut_piece(self._piece("gallery", rows, self.size))  # a few, far apart
         return [None if e else im for im, e in zip(batch[schema.IMAGE], batch[schema.ERROR],
                                                    strict=True)]
 
@@ -581,6 +597,7 @@ class Piece:
     y: np.ndarray
     reason: np.ndarray
     size: int
+    strip_rows: int  # rows of tile read per section (the sources in one are cut together)
     max_nonfinite: float
     filesystem: Any = None
 
@@ -607,7 +624,7 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
                 continue
             try:
                 cut, failed = _cut_image(im, piece.x[rows, b], piece.y[rows, b], size,
-                                         piece.filesystem)
+                                         piece.strip_rows, piece.filesystem)
             except _Unreadable as exc:
                 for i in rows:
                     errors[i] = str(exc)
@@ -638,15 +655,18 @@ class _Unreadable(Exception):
     """A tile image that cannot be opened at all."""
 
 
-def _cut_image(im: TileImage, xs, ys, size: int, filesystem) -> tuple[np.ndarray, list]:
+def _cut_image(im: TileImage, xs, ys, size: int, strip_rows: int,
+               filesystem) -> tuple[np.ndarray, list]:
     """Cutouts of one image at pixel positions ``xs, ys``, read strip by strip: one
-    ``hdu.section`` read per strip covers the windows of the sources in it."""
-    from astropy.nddata import Cutout2D
+    ``hdu.section`` read per strip covers the windows of all its sources, which are then
+    gathered in one NumPy step (``Cutout2D``'s windows, NaN off the image as in its partial
+    mode)."""
+    from numpy.lib.stride_tricks import sliding_window_view
 
     ny, nx = im.shape
     out = np.empty((len(xs), size, size), dtype=np.float32)
     failed: list[str | None] = [None] * len(xs)
-    strips = np.floor(ys / _strip_rows(nx, size)).astype(np.int64)
+    strips = np.floor(ys / strip_rows).astype(np.int64)
     x0s, y0s = _window_start(xs, size), _window_start(ys, size)
     with warnings.catch_warnings(record=True) as caught, contextlib.ExitStack() as files:
         warnings.simplefilter("always")
@@ -654,21 +674,27 @@ def _cut_image(im: TileImage, xs, ys, size: int, filesystem) -> tuple[np.ndarray
             section = files.enter_context(open_tile(im.path, filesystem))[im.hdu].section
         except Exception as exc:
             raise _Unreadable(f"cannot open {im.name} ({_why(exc, caught)})") from exc
-        for s in np.unique(strips):
-            sel = np.flatnonzero(strips == s)
-            bx0, bx1 = max(0, x0s[sel].min()), min(nx, x0s[sel].max() + size)
-            by0, by1 = max(0, y0s[sel].min()), min(ny, y0s[sel].max() + size)
+        for _, sel in _groups(strips, np.arange(len(xs))):
+            wx0, wx1 = x0s[sel].min(), x0s[sel].max() + size  # the windows' extent ...
+            wy0, wy1 = y0s[sel].min(), y0s[sel].max() + size
+            bx0, bx1, by0, by1 = max(wx0, 0), min(wx1, nx), max(wy0, 0), min(wy1, ny)  # ... on it
+            # Whole rows are one contiguous read; a narrow box is read row by row (each row a
+            # Python-level read in astropy), which only pays off for a few sources.
+            rx0, rx1 = (0, nx) if 4 * (bx1 - bx0) >= nx else (bx0, bx1)
             try:
-                block = np.asarray(section[by0:by1, bx0:bx1], dtype=np.float32)
+                block = np.asarray(section[by0:by1, rx0:rx1], dtype=np.float32)
+                block = block[:, bx0 - rx0:bx1 - rx0]
             except Exception as exc:
                 why = (f"cannot read pixels [{by0}:{by1}, {bx0}:{bx1}] of {im.name} "
                        f"({_why(exc, caught)})")
                 for i in sel:
                     failed[i] = why
                 continue
-            for i in sel:  # partial windows (at the edge) are NaN outside the image
-                out[i] = Cutout2D(block, (xs[i] - bx0, ys[i] - by0), (size, size),
-                                  mode="partial", fill_value=np.nan, copy=False).data
+            if (bx0, bx1, by0, by1) != (wx0, wx1, wy0, wy1):  # windows run off the image
+                padded = np.full((wy1 - wy0, wx1 - wx0), np.nan, dtype=np.float32)
+                padded[by0 - wy0:by1 - wy0, bx0 - wx0:bx1 - wx0] = block
+                block = padded
+            out[sel] = sliding_window_view(block, (size, size))[y0s[sel] - wy0, x0s[sel] - wx0]
     return out, failed
 
 
