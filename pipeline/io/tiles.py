@@ -98,7 +98,7 @@ def open_tile(path: str, filesystem: Any = None):
     from astropy.io import fits
 
     fs, where = _locate(path, filesystem)
-    f = open(where, "rb") if fs is None else fs.open_input_file(where)  # noqa: SIM115
+    f = open(where, "rb") if fs is None else fs.open_input_file(where)
     try:
         with fits.open(f, memmap=False, lazy_load_hdus=True) as hdul:
             yield hdul
@@ -382,7 +382,8 @@ class TilePlan:
         output block, BLOCK_BYTES of images), made of whole strips of the reference image
         wherever a strip holds fewer sources, so each strip is read (decompressed) once."""
         max_rows = max_rows or max(1, BLOCK_BYTES // self.row_bytes)
-        wanted = None if units is None else {self.units.index(u) for u in units}
+        position = {u: i for i, u in enumerate(self.units)}
+        wanted = None if units is None else {position[u] for u in units}
         out = []
         for u, rows in _groups(self.unit, np.arange(len(self.unit))):
             if wanted is not None and u not in wanted:
@@ -406,10 +407,6 @@ class TilePlan:
                 out.append(self._piece(self.units[u], rows[start:stop], high))
                 start = stop
         return out
-
-    @functools.cached_property
-    def _shapes(self) -> np.ndarray:
-        return np.array([im.shape for im in self.images], dtype=np.int64).reshape(-1, 2)
 
     def _piece(self, source: str, rows: np.ndarray, strip_rows: int) -> Piece:
         used = np.unique(self.image[rows][self.image[rows] >= 0])
@@ -510,7 +507,8 @@ def plan_tiles(
 
     refs = sorted({images[k].path for k in np.unique(image[:, 0]) if k >= 0})
     units = refs + ([cat.name] if (image[:, 0] < 0).any() else [])
-    unit_of_image = np.array([refs.index(im.path) if im.path in refs else -1 for im in images]
+    position = {path: i for i, path in enumerate(refs)}
+    unit_of_image = np.array([position.get(im.path, -1) for im in images]
                              + [len(refs)])  # image -1 (no tile): the catalogue's unit
     unit = unit_of_image[image[:, 0]]
     return TilePlan(cat, images, bands, opts.size, opts.max_nonfinite, filesystem, image, x, y,
@@ -528,7 +526,7 @@ def _align_bands(image, x, y, reason, images, wcs, bands, size) -> None:
     h = size / 2
     corners = ((-h, -h), (h, -h), (-h, h), (h, h), (0.0, 0.0))
     for b in range(1, len(bands)):
-        gap = ok & (image[:, b] < 0) & _open(reason)
+        gap = ok & (image[:, b] < 0) & _no_error(reason)
         reason[gap] = f"not covered by any {_label(bands[b])} tile"
         pair = image[:, 0] * (len(images) + 1) + image[:, b]
         for _, rows in _groups(pair, np.flatnonzero(ok & (image[:, b] >= 0))):
@@ -553,7 +551,7 @@ def _align_bands(image, x, y, reason, images, wcs, bands, size) -> None:
                         "onto one grid")
 
 
-def _open(reason: np.ndarray) -> np.ndarray:
+def _no_error(reason: np.ndarray) -> np.ndarray:
     """Rows without an error (yet)."""
     return np.array([r is None for r in reason], dtype=bool)
 
@@ -569,7 +567,7 @@ def _edges(image, x, y, reason, images, bands, size, max_nonfinite) -> None:
     """Rows whose cutout lies more than ``max_nonfinite`` off their tile's edge are errors."""
     shapes = np.array([im.shape for im in images], dtype=np.int64).reshape(-1, 2)
     for b in range(len(bands)):
-        rows = np.flatnonzero((image[:, b] >= 0) & _open(reason))
+        rows = np.flatnonzero((image[:, b] >= 0) & _no_error(reason))
         k = image[rows, b]
         off = _off_fraction(x[rows, b], y[rows, b], (shapes[k, 0], shapes[k, 1]), size)
         for i, f in zip(rows[off > max_nonfinite], off[off > max_nonfinite], strict=True):
