@@ -278,6 +278,18 @@ def test_compressed_tile_is_read_through_its_section_only(field, monkeypatch):
         np.testing.assert_array_equal(rows[rid]["image"][0], want)
 
 
+def test_tiles_and_catalogue_through_a_uri(field, tmp_path):
+    """file:// URIs go through pyarrow's filesystem (as s3:// would): seekable section reads."""
+    d, tiles, cat = field
+    pq.write_table(pa.table({k: cat[k] for k in ("id", "ra", "dec")}), tmp_path / "c.parquet")
+    plan = plan_tiles(f"file://{d}/A_{{band}}.fits", f"file://{tmp_path}/c.parquet", SIZE,
+                      ["VIS"])
+    rows = _cut_all(plan)
+    assert rows["a0"]["source"] == f"file://{d}/A_VIS.fits" and rows["a0"]["error"] is None
+    want, _ = _oracle(tiles["A", "VIS"], rows["a0"]["ra"], rows["a0"]["dec"])
+    np.testing.assert_array_equal(rows["a0"]["image"][0], want)
+
+
 # ----------------------------------------------------------------------------- catalogues
 def test_catalogue_formats_and_column_names(field, tmp_path):
     _, _, cat = field
@@ -352,7 +364,9 @@ def test_read_tiles_on_ray_counts_add_up_and_strict_raises(ray_local, field, tmp
         want, _ = _oracle(tiles[r["fate"], "NIR_Y"], r["ra"], r["dec"])
         if r["id"] != "edge_ok":
             np.testing.assert_array_equal(r["image"][1], want)
-    some = {k: [cat[k][0], cat[k][cat["id"].index("far")]] for k in ("id", "ra", "dec")}
+    # The catalogue as a Ray Dataset; strict: the first error row raises, naming the reason.
+    some = ray_local.data.from_items([{k: cat[k][i] for k in ("id", "ra", "dec")}
+                                      for i in (0, cat["id"].index("far"))])
     with pytest.raises(CutoutReadError, match="^catalog: outside every VIS tile"):
         try:
             read_tiles(str(d / "[A-E]_{band}.fits"), some, SIZE, ["VIS"], strict=True).take_all()

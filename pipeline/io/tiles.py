@@ -22,7 +22,7 @@ On the driver (:func:`plan_tiles`):
 In the workers (one Ray read task per *piece*: a run of one tile's sources in strip order), each
 image is opened once and read in strips through ``hdu.section`` (plain or tile-compressed), so
 only the pixels around the sources are read or decompressed, never a whole tile. The cutouts of a
-strip's sources are then gathered from it in one NumPy step: exactly the windows astropy's
+strip's sources are then sliced from it in memory: exactly the windows astropy's
 ``Cutout2D(mode="partial", fill_value=nan)`` cuts (its rounding rule, NaN off the image; the
 tests compare against it), without the cost of a ``Cutout2D`` call per source (measured in
 docs/io.md). The non-finite policy of :mod:`pipeline.io.pixels` then applies.
@@ -656,11 +656,8 @@ class _Unreadable(Exception):
 def _cut_image(im: TileImage, xs, ys, size: int, strip_rows: int,
                filesystem) -> tuple[np.ndarray, list]:
     """Cutouts of one image at pixel positions ``xs, ys``, read strip by strip: one
-    ``hdu.section`` read per strip covers the windows of all its sources, which are then
-    gathered in one NumPy step (``Cutout2D``'s windows, NaN off the image as in its partial
-    mode)."""
-    from numpy.lib.stride_tricks import sliding_window_view
-
+    ``hdu.section`` read per strip covers the windows of all its sources, which are then sliced
+    from it (``Cutout2D``'s windows, NaN off the image as in its partial mode)."""
     ny, nx = im.shape
     out = np.empty((len(xs), size, size), dtype=np.float32)
     failed: list[str | None] = [None] * len(xs)
@@ -692,7 +689,10 @@ def _cut_image(im: TileImage, xs, ys, size: int, strip_rows: int,
                 padded = np.full((wy1 - wy0, wx1 - wx0), np.nan, dtype=np.float32)
                 padded[by0 - wy0:by1 - wy0, bx0 - wx0:bx1 - wx0] = block
                 block = padded
-            out[sel] = sliding_window_view(block, (size, size))[y0s[sel] - wy0, x0s[sel] - wx0]
+            # Plain slices: a 2-D copy each (numpy's fancy indexing of a window view is ~10x slower).
+            for i, y0, x0 in zip(sel.tolist(), (y0s[sel] - wy0).tolist(),
+                                 (x0s[sel] - wx0).tolist(), strict=True):
+                out[i] = block[y0:y0 + size, x0:x0 + size]
     return out, failed
 
 
