@@ -213,6 +213,25 @@ def test_error_rows_say_why_and_counts_add_up(field):
     assert counts["catalog"] == 2 and plan.units[-1] == "catalog"
 
 
+def test_pieces_cover_every_row_once_in_whole_strips_where_they_fit(tmp_path):
+    """Dense sources on one tile: pieces of at most max_rows, at least half that (but for each
+    unit's last), and a strip split between two pieces only where it cannot fit whole."""
+    n, side = 3000, 400
+    w = _wcs(20.0, 10.0, n=side, rot=0.0)
+    _write(tmp_path / "t_VIS.fits", np.zeros((side, side), np.float32), w)
+    rng = np.random.default_rng(1)
+    ra, dec = w.wcs_pix2world(rng.uniform(0, side - 1, n), rng.uniform(0, side - 1, n), 0)
+    plan = plan_tiles(str(tmp_path / "t_VIS.fits"), {"ra": ra, "dec": dec}, SIZE, ["VIS"])
+    pieces = plan.pieces(max_rows=400)
+    rows = np.concatenate([p.rows for p in pieces])
+    assert sorted(rows.tolist()) == list(range(n))
+    sizes = [len(p) for p in pieces]
+    assert max(sizes) <= 400 and min(sizes[:-1]) >= 200, sizes
+    strips = [set(np.floor(np.maximum(p.y[:, 0], 0) / p.strip_rows).astype(int)) for p in pieces]
+    split = [s for a, b in zip(strips, strips[1:], strict=False) for s in a & b]
+    assert len(split) <= len(pieces) // 2, (split, sizes)
+
+
 def test_catalogue_columns_come_through_with_their_types(field):
     d, _, cat = field
     plan = plan_tiles(str(d / "[A-E]_{band}.fits"), cat, SIZE, ["VIS"])

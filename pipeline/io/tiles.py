@@ -400,10 +400,12 @@ class TilePlan:
             order = np.lexsort((self.x[rows, 0], strip))
             rows, strip = rows[order], strip[order]
             start = 0
-            while start < len(rows):  # whole strips up to max_rows, or a part of a fuller one
-                stop = min(start + max_rows, len(rows))
-                if stop < len(rows) and strip[stop] == strip[stop - 1] != strip[start]:
-                    stop = int(np.searchsorted(strip, strip[stop - 1]))
+            while start < len(rows):  # up to max_rows, ending with a whole strip if that
+                stop = min(start + max_rows, len(rows))  # leaves at least half a piece
+                if stop < len(rows) and strip[stop] == strip[stop - 1]:
+                    boundary = int(np.searchsorted(strip, strip[stop - 1]))
+                    if boundary - start >= max_rows // 2:
+                        stop = boundary
                 out.append(self._piece(self.units[u], rows[start:stop], high))
                 start = stop
         return out
