@@ -254,9 +254,13 @@ def _add_tile_inputs(p: argparse.ArgumentParser, required: bool) -> None:
                    "band median); more makes an error row")
 
 
-def _tile_kwargs(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ("columns", "id_column", "ra_column", "dec_column",
-                                          "max_nonfinite")}
+def _tile_plan(args: argparse.Namespace, size: int):
+    """The tiles' plan (which tile cuts which source) from ``--tiles``, ``--catalog`` & co."""
+    from pipeline.io import load_catalog, plan_tiles
+
+    catalog = load_catalog(args.catalog, columns=args.columns, id_column=args.id_column,
+                           ra_column=args.ra_column, dec_column=args.dec_column)
+    return plan_tiles(args.tiles, catalog, size, args.bands, max_nonfinite=args.max_nonfinite)
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -301,7 +305,6 @@ def _run_run(args: argparse.Namespace) -> int:
 
     from pipeline._ray import ensure_ray
     from pipeline.run import run_cascade, run_demo
-    from pipeline.tile_jobs import run_tiles
 
     if sum((bool(args.inputs), args.demo, args.tiles is not None)) != 1:
         raise SystemExit("lensray run: give INPUT files/dirs, --tiles with --catalog, or --demo "
@@ -324,8 +327,7 @@ def _run_run(args: argparse.Namespace) -> int:
         if args.demo:
             summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
         elif args.tiles:
-            summary = run_tiles(args.tiles, args.catalog, args.out, **_tile_kwargs(args),
-                                **kwargs)
+            summary = run_cascade(_tile_plan(args, args.size or 64), args.out, **kwargs)
         else:
             summary = run_cascade(args.inputs, args.out, **kwargs)
     except (OSError, ValueError) as exc:
@@ -351,13 +353,12 @@ def _run_cutout(args: argparse.Namespace) -> int:
     import json
 
     from pipeline._ray import ensure_ray
-    from pipeline.tile_jobs import cut_tiles
+    from pipeline.cutout import cut_tiles
 
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     try:
-        summary = cut_tiles(args.tiles, args.catalog, args.out, bands=args.bands, size=args.size,
-                            shard_size=args.shard_size, progress=not args.no_progress,
-                            **_tile_kwargs(args))
+        summary = cut_tiles(_tile_plan(args, args.size), args.out, shard_size=args.shard_size,
+                            progress=not args.no_progress)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"lensray cutout: {exc}") from None
     print(json.dumps({k: summary[k] for k in ("units", "total", "throughput_rows_per_s")},

@@ -94,10 +94,11 @@ def run_cascade(
 
     Args:
         inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`),
-            or a :class:`pipeline.io.tiles.TilePlan` (tiles + catalogue, see
-            :func:`pipeline.tile_jobs.run_tiles`), whose units (tiles) are then the files.
+            or a :class:`pipeline.io.tiles.TilePlan` (tiles + a source catalogue, from
+            :func:`pipeline.io.plan_tiles`), whose units (tiles) are then the files.
         out: output directory (created; an existing one is resumed).
-        bands, size: passed to ``read_cutouts`` (must match what the models expect).
+        bands, size: passed to ``read_cutouts`` (must match what the models expect); a plan's
+            own bands and size replace them.
         stages: stage names in order (any of "denoise", "lens-detect", "substructure"), or
             ready Stage objects (your own included).
         threshold / top_fraction: the detector's candidate cut (see ``LensDetect``).
@@ -135,6 +136,8 @@ def run_cascade(
     pipeline = Pipeline(stage_objs, fuse=fuse)
     plan = inputs if isinstance(inputs, TilePlan) else None
     files = plan.units if plan is not None else expand_paths(inputs)[0]
+    if plan is not None:
+        bands, size = list(plan.bands), plan.size
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
                          ", ".join(sorted({f for f in files if files.count(f) > 1})))

@@ -239,7 +239,8 @@ def test_catalogue_columns_come_through_with_their_types(field):
     for rid, mag, flag in zip(cat["id"], cat["mag"], cat["flag"], strict=True):
         assert rows[rid]["mag"] == mag and rows[rid]["flag"] == flag
     assert plan.catalog.extra.schema.field("flag").type == pa.bool_()
-    only = plan_tiles(str(d / "[A-E]_{band}.fits"), cat, SIZE, ["VIS"], columns=["mag"])
+    only = plan_tiles(str(d / "[A-E]_{band}.fits"), load_catalog(cat, columns=["mag"]), SIZE,
+                      ["VIS"])
     assert only.catalog.extra.column_names == ["mag"]
 
 

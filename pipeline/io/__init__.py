@@ -11,6 +11,7 @@
 
 from pipeline.io.decode import CutoutReadError, ReadOptions, decode_fits, read_fits_file
 from pipeline.io.reader import read_cutouts
+from pipeline.io.sources import load_catalog
 from pipeline.io.tiles import plan_tiles, read_tiles
 from pipeline.io.writers import write_catalog, write_cube_shard
 
@@ -18,6 +19,7 @@ __all__ = [
     "CutoutReadError",
     "ReadOptions",
     "decode_fits",
+    "load_catalog",
     "read_cutouts",
     "read_fits_file",
     "plan_tiles",

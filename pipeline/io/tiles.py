@@ -455,26 +455,24 @@ class TilePlan:
 
 def plan_tiles(
     tiles: str | os.PathLike | Sequence[str | os.PathLike],
-    catalog: Any,
+    catalog: SourceCatalog | Any,
     size: int = 64,
     bands: Sequence[str] | None = None,
     *,
-    columns: Sequence[str] | None = None,
-    id_column: str | None = None,
-    ra_column: str | None = None,
-    dec_column: str | None = None,
     max_nonfinite: float = 0.1,
     filesystem: Any = None,
 ) -> TilePlan:
-    """Find the tiles, load the catalogue and assign every source (see :func:`read_tiles`)."""
+    """Find the tiles and assign every source of ``catalog`` to them, without Ray: what
+    :func:`read_tiles` runs on the driver. ``catalog`` is a :class:`SourceCatalog`
+    (:func:`pipeline.io.sources.load_catalog`, to choose its columns) or anything
+    ``load_catalog`` reads with its default column names."""
     from scipy.spatial import cKDTree
 
     opts = ReadOptions(bands=bands, size=size, max_nonfinite=max_nonfinite)
     images, wcs, bands, skipped = find_tiles(tiles, opts.bands, filesystem)
     for note in skipped:
         log.warning("read_tiles: left out %s", note)
-    cat = load_catalog(catalog, id_column=id_column, ra_column=ra_column,
-                       dec_column=dec_column, columns=columns)
+    cat = catalog if isinstance(catalog, SourceCatalog) else load_catalog(catalog)
     n, nb = len(cat), len(bands)
     valid = np.isfinite(cat.ra) & np.isfinite(cat.dec) & (np.abs(cat.dec) <= 90)
     image = np.full((n, nb), -1, dtype=np.int64)
@@ -793,7 +791,7 @@ def read_tiles(
         reference tile, or the catalogue for rows no tile covers), index (catalogue row), error,
         then the catalogue's columns. Every catalogue row gives exactly one row.
     """
-    plan = plan_tiles(tiles, catalog, size, bands, columns=columns, id_column=id_column,
-                      ra_column=ra_column, dec_column=dec_column, max_nonfinite=max_nonfinite,
-                      filesystem=filesystem)
+    cat = load_catalog(catalog, id_column=id_column, ra_column=ra_column, dec_column=dec_column,
+                       columns=columns)
+    plan = plan_tiles(tiles, cat, size, bands, max_nonfinite=max_nonfinite, filesystem=filesystem)
     return plan.dataset(strict=strict, ray_remote_args=ray_remote_args)

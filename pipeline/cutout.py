@@ -1,32 +1,27 @@
-"""The tile jobs: survey tiles + a source catalogue in, resumable per tile.
+"""``lensray cutout``: survey tiles + a source catalogue in, cube shards out, resumable.
 
-    run_tiles("tiles/*_{band}.fits", "sources.parquet", "out/", bands=["VIS"])  # lensray run --tiles
-    cut_tiles("tiles/*_{band}.fits", "sources.parquet", "cubes/", bands=["VIS"])  # lensray cutout
+    plan = plan_tiles("tiles/*_{band}.fits", load_catalog("sources.parquet"), 64, ["VIS"])
+    cut_tiles(plan, "cubes/")
 
-Both plan on the driver once (:func:`pipeline.io.plan_tiles`: which tile cuts which source) and
-then work unit by unit:
+The plan (:func:`pipeline.io.plan_tiles`, on the driver) says which tile cuts which source; the
+shards are then written by Ray tasks, one per *unit*: a run of at most ``shard_size`` sources of
+one tile, always the same units for the same plan and ``shard_size`` (never the cluster)::
 
-* ``run_tiles`` is :func:`pipeline.run.run_cascade` over the plan: a unit is a reference tile
-  (and the catalogue, for its rows no tile covers); the output catalogue keeps the input
-  catalogue's ids (``id``), its row (``index``) and its chosen columns.
-* ``cut_tiles`` writes cube shards for training or later runs, in the workers: a unit is a run of
-  at most ``shard_size`` sources of one tile, always the same for the same plan, written as::
-
-    OUT/shards/<tile key>-<k>.fits      cube shard (write_cube_shard) of the good cutouts; its
-                                        table: id, ra, dec, tile, catalog_row + catalogue columns
-    OUT/errors/<tile key>-<k>.parquet   the rows that could not be cut, with the reason
+    OUT/shards/<tile key>-<k>.fits      cube shard (write_cube_shard) of the unit's good cutouts;
+                                        its table: id, ra, dec, tile, catalog_row + catalogue columns
+    OUT/errors/<tile key>-<k>.parquet   the unit's rows that could not be cut, with the reason
     OUT/_shards/<tile key>-<k>.json     written last: the unit is finished (row counts)
     OUT/_shards/_options.json           what the shards were cut with (a rerun must match)
     OUT/summary.json                    counts: catalogue rows = cutouts + errors
 
 A rerun with the same ``OUT`` skips finished units, so a killed job loses at most the units in
-flight; every file is written to a temporary name and renamed.
+flight; every file is written to a temporary name and renamed. (The cascade over tiles,
+``lensray run --tiles``, is :func:`pipeline.run.run_cascade` over the same plan.)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,67 +32,18 @@ import numpy as np
 from pipeline.io import schema
 
 SHARDS_DIR, ERRORS_DIR, MARKERS_DIR = "shards", "errors", "_shards"
+_SHARD_COLUMNS = ("tile", "catalog_row")  # beside the catalogue's columns in a shard's table
 
 
-def _plan(tiles, catalog, *, bands, size, columns, id_column, ra_column, dec_column,
-          max_nonfinite):
-    from pipeline.io import plan_tiles
+def cut_tiles(plan: Any, out: str | Path, *, shard_size: int = 1000, progress: bool = True) -> dict:
+    """Cut every source of ``plan`` (a :class:`pipeline.io.tiles.TilePlan`) into cube shards
+    under ``out``, ``shard_size`` sources at most per unit and shard.
 
-    return plan_tiles(tiles, catalog, size, bands, columns=columns, id_column=id_column,
-                      ra_column=ra_column, dec_column=dec_column, max_nonfinite=max_nonfinite)
-
-
-def run_tiles(
-    tiles: str | os.PathLike | Sequence[str | os.PathLike],
-    catalog: Any,
-    out: str | os.PathLike,
-    *,
-    bands: Sequence[str] | None = None,
-    size: int | None = None,
-    columns: Sequence[str] | None = None,
-    id_column: str | None = None,
-    ra_column: str | None = None,
-    dec_column: str | None = None,
-    max_nonfinite: float = 0.1,
-    **cascade_kwargs,
-) -> dict:
-    """Run the cascade on the cutouts of every catalogue source (``lensray run --tiles``).
-
-    ``tiles``, ``catalog``, ``bands``, ``columns``, ``*_column``, ``max_nonfinite``: as
-    :func:`pipeline.io.read_tiles`; ``size`` defaults to 64; ``cascade_kwargs``: those of
-    :func:`pipeline.run.run_cascade` (stages, threshold, checkpoints, ...).
-    """
-    from pipeline.run import run_cascade
-
-    plan = _plan(tiles, catalog, bands=bands, size=size or 64, columns=columns,
-                 id_column=id_column, ra_column=ra_column, dec_column=dec_column,
-                 max_nonfinite=max_nonfinite)
-    return run_cascade(plan, out, bands=plan.bands, size=plan.size, **cascade_kwargs)
-
-
-def cut_tiles(
-    tiles: str | os.PathLike | Sequence[str | os.PathLike],
-    catalog: Any,
-    out: str | os.PathLike,
-    *,
-    bands: Sequence[str] | None = None,
-    size: int | None = None,
-    columns: Sequence[str] | None = None,
-    id_column: str | None = None,
-    ra_column: str | None = None,
-    dec_column: str | None = None,
-    max_nonfinite: float = 0.1,
-    shard_size: int = 1000,
-    progress: bool = True,
-) -> dict:
-    """Cut every catalogue source into cube shards under ``out`` (``lensray cutout``).
-
-    Args: as :func:`run_tiles`, plus ``shard_size``: at most this many sources per unit (and
-    shard). Returns the summary (also written to ``out/summary.json``).
+    Returns the summary (also written to ``out/summary.json``).
 
     Raises:
-        ValueError: bad options, a catalogue column a FITS table cannot hold, or an ``out``
-            written with other options.
+        ValueError: a catalogue column a shard's FITS table cannot hold, or an ``out`` written
+            with other options (tiles, catalogue, columns, bands, size, shard size).
     """
     from tqdm import tqdm
 
@@ -108,9 +54,6 @@ def cut_tiles(
     t0 = time.perf_counter()
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    plan = _plan(tiles, catalog, bands=bands, size=size or 64, columns=columns,
-                 id_column=id_column, ra_column=ra_column, dec_column=dec_column,
-                 max_nonfinite=max_nonfinite)
     extra = plan.catalog.extra
     for name in extra.column_names:  # fail now, not in the workers
         if name in _SHARD_COLUMNS:
@@ -158,7 +101,7 @@ def cut_tiles(
         "tiles": {"units": len(plan.units), "left_out": plan.skipped},
         "total": total,
         "adds_up": total["rows"] == len(plan.catalog) == total["good"] + total["errors"],
-        "timings_s": {"plan": round(t_cut - t0, 3), "cut": round(t_done - t_cut, 3)},
+        "timings_s": {"setup": round(t_cut - t0, 3), "cut": round(t_done - t_cut, 3)},
         "throughput_rows_per_s": round(sum(len(p) for _, p in pending) / max(t_done - t_cut, 1e-9), 1),
     }
     if not summary["adds_up"]:
@@ -166,9 +109,6 @@ def cut_tiles(
                            "catalogue rows")
     _write_json(out / "summary.json", summary)
     return summary
-
-
-_SHARD_COLUMNS = ("tile", "catalog_row")
 
 
 def _write_unit(piece, out: str, key: str, bands: Sequence[str]) -> dict:

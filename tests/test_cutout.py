@@ -1,6 +1,6 @@
 """The tile jobs end to end: ``cut_tiles`` (lensray cutout) writes cube shards per unit and
-resumes; ``run_tiles`` (lensray run --tiles) runs the cascade on the cut rows, keeps the
-catalogue's ids and columns and resumes per tile; both through the CLI."""
+resumes; ``run_cascade`` over a tile plan (lensray run --tiles) runs the cascade on the cut rows,
+keeps the catalogue's ids and columns and resumes per tile; both through the CLI."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from pipeline.cli import main
-from pipeline.io import plan_tiles, read_fits_file
+from pipeline.cutout import cut_tiles
+from pipeline.io import load_catalog, plan_tiles, read_fits_file
 from pipeline.io.tiles import cut_piece
-from pipeline.run import shard_key
-from pipeline.tile_jobs import cut_tiles, run_tiles
+from pipeline.run import run_cascade, shard_key
 
 SIZE = 32  # the test checkpoints' size
 SIDE = 200
@@ -55,7 +55,7 @@ def sky(tmp_path_factory):
 def test_cut_tiles_writes_shards_that_read_back_and_resumes(ray_local, sky, tmp_path):
     d, tiles, catalog, cat = sky
     out = tmp_path / "cubes"
-    summary = cut_tiles(tiles, catalog, out, bands=["VIS"], size=SIZE, shard_size=20,
+    summary = cut_tiles(plan_tiles(tiles, catalog, SIZE, ["VIS"]), out, shard_size=20,
                         progress=False)
     n = cat.num_rows
     assert summary["adds_up"] and summary["total"]["rows"] == n
@@ -89,21 +89,21 @@ def test_cut_tiles_writes_shards_that_read_back_and_resumes(ray_local, sky, tmp_
     assert set(errors["kind"]) <= {"k0", "k1", "k2"}  # catalogue columns on error rows too
 
     # Resume: a finished run does nothing; a lost unit is redone alone, identically.
-    again = cut_tiles(tiles, catalog, out, bands=["VIS"], size=SIZE, shard_size=20,
+    again = cut_tiles(plan_tiles(tiles, catalog, SIZE, ["VIS"]), out, shard_size=20,
                       progress=False)
     assert again["units"]["processed"] == 0 and again["total"] == summary["total"]
     victim = shards[0]
     before = read_fits_file(str(victim))
     (out / "_shards" / f"{victim.stem}.json").unlink()
     victim.unlink()
-    third = cut_tiles(tiles, catalog, out, bands=["VIS"], size=SIZE, shard_size=20,
+    third = cut_tiles(plan_tiles(tiles, catalog, SIZE, ["VIS"]), out, shard_size=20,
                       progress=False)
     assert third["units"]["processed"] == 1 and third["total"] == summary["total"]
     after = read_fits_file(str(victim))
     np.testing.assert_array_equal(after["image"], before["image"])
     assert list(after["id"]) == list(before["id"])
     with pytest.raises(ValueError, match="other options"):
-        cut_tiles(tiles, catalog, out, bands=["VIS"], size=SIZE + 2, shard_size=20,
+        cut_tiles(plan_tiles(tiles, catalog, SIZE + 2, ["VIS"]), out, shard_size=20,
                   progress=False)
 
 
@@ -112,14 +112,14 @@ def ckpts(tmp_path_factory):
     return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
-def test_run_tiles_keeps_catalogue_ids_and_columns_and_resumes_per_tile(ray_local, sky, ckpts,
-                                                                         tmp_path):
+def test_run_over_tiles_keeps_catalogue_ids_and_columns_and_resumes_per_tile(ray_local, sky,
+                                                                            ckpts, tmp_path):
     d, tiles, catalog, cat = sky
     out = tmp_path / "run"
-    kw = dict(bands=["VIS"], size=SIZE, checkpoints=ckpts, batch_size=16, threshold=0.5,
-              stages=["lens-detect", "substructure"],
-              columns=["OBJECT_ID", "mag"], progress=False, gallery=4)
-    summary = run_tiles(tiles, catalog, out, **kw)
+    plan = plan_tiles(tiles, load_catalog(catalog, columns=["OBJECT_ID", "mag"]), SIZE, ["VIS"])
+    kw = dict(checkpoints=ckpts, batch_size=16, threshold=0.5, progress=False, gallery=4,
+              stages=["lens-detect", "substructure"])
+    summary = run_cascade(plan, out, **kw)
     good = pq.read_table(out / "catalog").to_pandas()
     errors = pq.read_table(out / "errors").to_pandas()
     n = cat.num_rows
@@ -138,13 +138,14 @@ def test_run_tiles_keeps_catalogue_ids_and_columns_and_resumes_per_tile(ray_loca
     assert (out / "catalog" / f"{key}.parquet").is_file()
     # Resume per tile: drop one tile's marker; only that tile is done again, same rows.
     (out / "_shards" / f"{key}.json").unlink()
-    again = run_tiles(tiles, catalog, out, **kw)
+    again = run_cascade(plan, out, **kw)
     assert again["inputs"]["skipped_finished"] == 2 and again["inputs"]["processed"] == 1
     redo = pq.read_table(out / "catalog").to_pandas().sort_values("id")
     np.testing.assert_allclose(redo["p_lens"].to_numpy(),
                                good.sort_values("id")["p_lens"].to_numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="other options"):
-        run_tiles(tiles, catalog, out, **{**kw, "columns": ["mag"]})
+        run_cascade(plan_tiles(tiles, load_catalog(catalog, columns=["mag"]), SIZE, ["VIS"]),
+                    out, **kw)
 
 
 def test_cli_cutout_and_run_with_tiles(ray_local, sky, ckpts, tmp_path, capsys):
