@@ -34,8 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("denoise", "lens-detect", "substructure")
-
 
 def make_field(directory: Path, n: int, size: int = 64, shard: int = 1000, seed: int = 0) -> list[Path]:
     """``n`` noisy cutouts with a Gaussian galaxy each, as cube shards (reused if present)."""
@@ -77,17 +75,22 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
     import torch
 
     from pipeline import __version__
-    from pipeline.models import WEIGHTS_DIR, create_model, save_checkpoint
+    from pipeline.models import (
+        STAGES,
+        create_model,
+        default_model,
+        model_kwargs,
+        pretrained_dir,
+        save_checkpoint,
+    )
     from pipeline.models.normalize import DEFAULT_NORMALIZATION
-    from pipeline.models.tasks import model_kwargs
-    from pipeline.train.loop import DEFAULT_MODEL
 
     out, made = {}, []
     for i, s in enumerate(STAGES):
-        if models == "shipped" and (WEIGHTS_DIR / s / "model.safetensors").is_file():
+        if models == "shipped" and (pretrained_dir(s) / "model.safetensors").is_file():
             out[s] = None
             continue
-        shipped = WEIGHTS_DIR / s / "config.json"
+        shipped = pretrained_dir(s) / "config.json"
         cfg = _json.loads(shipped.read_text()) if shipped.is_file() and models == "shipped" else {}
         cfg.update(task=s, bands=["VIS"], size=64, pixel_scale=0.101, lensray_version=__version__,
                    normalization=dict(DEFAULT_NORMALIZATION))
@@ -98,8 +101,8 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
         if models == "small":
             cfg["model"], cfg["model_kwargs"] = SMALL[s]
         else:
-            cfg.setdefault("model", DEFAULT_MODEL[s])
-            cfg["model_kwargs"] = cfg.get("model_kwargs") or model_kwargs(s, cfg["model"], cfg)
+            cfg.setdefault("model", default_model(s))
+            cfg["model_kwargs"] = cfg.get("model_kwargs") or model_kwargs(cfg["model"], cfg)
         # Seeded: an untrained detector's scores sit near one value, so its init decides whether
         # ~0% or ~100% of rows reach the substructure model, i.e. the workload.
         torch.manual_seed(i)

@@ -20,8 +20,6 @@ import time
 import numpy as np
 import torch
 
-TASKS = ("denoise", "lens-detect", "substructure")
-
 
 def rate(model, config, x: np.ndarray, chunk: int, reps: int) -> tuple[float, float]:
     """(rows/s, share of the time in system calls) of predict over ``x`` in ``chunk``-row passes."""
@@ -47,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="runs per cell (the best is kept)")
     args = ap.parse_args(argv)
 
-    from pipeline.models import load_pretrained
+    from pipeline.models import STAGES, load_pretrained
 
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -55,7 +53,7 @@ def main(argv=None) -> int:
           "per pass; system-time share)\n")
     print("| network | threads | " + " | ".join(f"{c} rows" for c in args.chunks) + " |")
     print("|---|---:|" + "---:|" * len(args.chunks))
-    for task in TASKS:
+    for task in STAGES:
         model, config = load_pretrained(task, device="cpu")
         x = (100 + 5 * rng.standard_normal((args.rows, len(config["bands"]), 64, 64))).astype(np.float32)
         for threads in args.threads:

@@ -2,10 +2,9 @@
 
 Training a convolutional network frees and reallocates the same large activation buffers at
 every step. By default glibc serves the largest ones with fresh ``mmap`` calls and trims the rest
-back to the system, so every step page-faults them in again. Keeping them, fp32 channels-last
-training on this 2-core EPYC ran (``benchmarks/layout_precision.py [--keep-freed-memory]``):
-``unet_denoiser`` 1.23x (1 thread) / 1.34x (2 threads), ``d4_resnet`` 1.04x / 1.25x,
-``lastro_cnn`` 0.98x / 1.10x; bf16 unchanged (half-size activations stay under the threshold).
+back to the system, so every step page-faults them in again. Keeping them speeds up fp32
+training (docs/models.md, "Allocator", measured with ``benchmarks/layout_precision.py
+--keep-freed-memory``); bf16 activations are half the size and stay under the threshold anyway.
 The price: a process holds on to its peak heap.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.models.tasks import DENOISE, LENS_DETECT, STAGES
 from pipeline.precision import PRECISIONS
 
 # ----------------------------------------------------------------------------- sub-commands
@@ -51,12 +52,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-_STAGES = ("denoise", "lens-detect", "substructure")
-
-
 def _add_recipe(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train`` and ``tune`` (the training recipe and Ray resources)."""
-    p.add_argument("--stage", required=True, choices=_STAGES)
+    p.add_argument("--stage", required=True, choices=STAGES)
     p.add_argument("--model", default=None, help="registered network (default: the stage's)")
     p.add_argument("--data", required=True, help="simulated data dir ({train,val,test}/*.fits)")
     p.add_argument("--out", required=True, help="output checkpoint dir (safetensors + config)")
@@ -81,10 +79,10 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="substructure: beta-NLL exponent for the regression losses (default 0: plain NLL)")
     p.add_argument("--train-classes", nargs="+", default=None, metavar="CLASS",
                    help="train and validate only on rows of these classes (e.g. vortex, for "
-                        "the shipped two_tower's axion-mass regressor)")
+                        "the shipped substructure model's axion-mass regressor)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="bf16: autocast matmuls/convs to bfloat16 (2.5x faster d4_resnet training "
-                        "on an AVX512-BF16 CPU, measured; also recent GPUs; default fp32)")
+                   help="bf16: autocast matmuls/convs to bfloat16 (faster on CPUs with "
+                        "AVX512-BF16/AMX and on recent GPUs, see docs/models.md; default fp32)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5)
     p.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when CUDA is available)")
@@ -160,7 +158,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="simulated data dir ({train,val,test}/*.fits)")
-    p.add_argument("--stage", required=True, choices=_STAGES)
+    p.add_argument("--stage", required=True, choices=STAGES)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="checkpoint dir (default: shipped)")
     src.add_argument("--model", default=None,
@@ -192,8 +190,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.checkpoint}: checkpoint is for stage {config['task']!r}, "
                          f"not {args.stage!r}")
     res = evaluate_model(model, config, args.data, args.split, args.plots, args.limit)
-    if args.detector_data and args.stage == "denoise":
-        det, det_cfg = load_pretrained("lens-detect")
+    if args.detector_data and args.stage == DENOISE.name:
+        det, det_cfg = load_pretrained(LENS_DETECT.name)
         res["detector"] = denoiser_effect_on_detector(model, config, det, det_cfg,
                                                       args.detector_data, args.split, args.limit)
     print(json.dumps(res, indent=2, default=str))
@@ -214,13 +212,12 @@ def _run_read(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline._ray import ensure_ray
-    from pipeline.io import CutoutReadError, ReadOptions, read_cutouts
-    from pipeline.io.reader import expand_paths
+    from pipeline.io import CutoutReadError, ReadOptions, list_inputs, read_cutouts
     from pipeline.io.report import format_table, summarize
 
     try:  # bad paths and options fail here, before Ray starts
         ReadOptions(bands=args.bands, size=args.size)
-        expand_paths(args.inputs)
+        inputs = list_inputs(args.inputs)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"lensray read: {exc}") from None
     ensure_ray(log_to_driver=False, logging_level="ERROR")
@@ -228,7 +225,7 @@ def _run_read(args: argparse.Namespace) -> int:
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_cutouts(args.inputs, bands=args.bands, size=args.size, strict=args.strict)
+    ds = read_cutouts(inputs, bands=args.bands, size=args.size, strict=args.strict)
     try:
         rows, counts = summarize(ds, progress=not args.no_progress)
     except CutoutReadError as exc:  # --strict
@@ -285,9 +282,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast the networks to bfloat16, faster on CPUs with "
                    "AVX512-BF16/AMX and on GPUs (same test metrics; single scores can move)")
-    p.add_argument("--stages", default="denoise,lens-detect,substructure",
-                   help="comma-separated stages in order (default: all three)")
-    for stage in ("denoise", "lens-detect", "substructure"):
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help="comma-separated stages in order (default: all of them)")
+    for stage in STAGES:
         p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
                        help=f"{stage} checkpoint dir (default: shipped weights)")
     p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
@@ -304,7 +301,8 @@ def _run_run(args: argparse.Namespace) -> int:
     import logging
 
     from pipeline._ray import ensure_ray
-    from pipeline.run import run_cascade, run_demo
+    from pipeline.demo import run_demo
+    from pipeline.run import run_cascade
 
     if sum((bool(args.inputs), args.demo, args.tiles is not None)) != 1:
         raise SystemExit("lensray run: give INPUT files/dirs, --tiles with --catalog, or --demo "
@@ -315,8 +313,7 @@ def _run_run(args: argparse.Namespace) -> int:
         bands=args.bands, size=args.size, threshold=args.threshold,
         top_fraction=args.top_fraction, batch_size=args.batch_size,
         stages=[s.strip() for s in args.stages.split(",") if s.strip()],
-        checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint")
-                     for s in ("denoise", "lens-detect", "substructure")
+        checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint") for s in STAGES
                      if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
         strict=args.strict, gallery=args.gallery, progress=not args.no_progress,
         buffer_gib=args.buffer_gib, precision=args.precision,

@@ -115,9 +115,9 @@ class Pipeline:
         strict: bool = False,
         drop: Sequence[str] = (),
     ):
-        """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs), as
-        ``run(read_cutouts(paths, bands, size, strict=strict), drop=drop)`` gives them, in the
-        same order (lazy too).
+        """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs, or
+        the :class:`~pipeline.io.Inputs` already listed), as ``run(read_cutouts(paths, bands,
+        size, strict=strict), drop=drop)`` gives them, in the same order (lazy too).
 
         When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
@@ -125,20 +125,20 @@ class Pipeline:
         """
         import ray
 
-        from pipeline.io import ReadOptions, read_cutouts
-        from pipeline.io.reader import expand_paths, group_files
+        from pipeline.io import ReadOptions, list_inputs, read_cutouts
+        from pipeline.io.files import group_files
 
+        inputs = list_inputs(paths)
         resources = ray.cluster_resources()
         if not self.reads_in_actors(resources):
-            return self.run(read_cutouts(paths, bands, size, strict=strict), drop=drop)
+            return self.run(read_cutouts(inputs, bands, size, strict=strict), drop=drop)
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict)
         args = self.map_args(ReadChain(self.stages, read=options), resources)
-        files, fs = expand_paths(paths)
-        args["fn_constructor_kwargs"]["filesystem"] = fs
+        args["fn_constructor_kwargs"]["filesystem"] = inputs.filesystem
         args["batch_size"] = 1  # one group of files per call
         # A few groups per CPU: every actor gets work and the last group is a short wait.
-        work = group_files(files, fs, parts=4 * max(1, int(resources.get("CPU", 1))))
+        work = group_files(inputs, parts=4 * max(1, int(resources.get("CPU", 1))))
         if args["compute"].min_size > len(work):  # no more actors than groups to give them
             args["compute"] = ray.data.ActorPoolStrategy(size=len(work))
         ds = ray.data.from_items([{"paths": g} for g in work], override_num_blocks=len(work))
@@ -174,7 +174,7 @@ class Pipeline:
           per GPU at most, autoscaled from one; 1 CPU per actor.
         - CPU only, fused :class:`Chain`: one single-threaded actor per CPU from the start, each
           reserving half a CPU so the read tasks keep the other half (Ray Data's autoscaler
-          kept a single actor: half the machine idle, 0.58x the single-process loop); a
+          kept a single actor: half the machine idle; docs/cascade.md); a
           :class:`ReadChain` does its own reads, so it reserves a whole CPU.
         - CPU only, separate pools: fractional CPUs (a quarter of the cluster's CPUs split over
           the pools), autoscaled from one actor up to the CPU count. Whole-CPU actors on 2 CPUs

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import schema
+from pipeline.io.catalog import ERRORS_DIR
+from pipeline.io.catalog import SHARDS_DIR as MARKERS_DIR  # the markers, as a catalogue's
 
-SHARDS_DIR, ERRORS_DIR, MARKERS_DIR = "shards", "errors", "_shards"
+SHARDS_DIR = "shards"  # the cube shards
 _SHARD_COLUMNS = ("tile", "catalog_row")  # beside the catalogue's columns in a shard's table
 
 
@@ -48,8 +50,8 @@ def cut_tiles(plan: Any, out: str | Path, *, shard_size: int = 1000, progress: b
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
-    from pipeline.io.writers import _fits_column
-    from pipeline.run import _check_same_options, _write_json, shard_key
+    from pipeline.io.catalog import check_options, shard_key
+    from pipeline.io.writers import _fits_column, write_json
 
     t0 = time.perf_counter()
     if shard_size < 1:
@@ -68,7 +70,7 @@ def cut_tiles(plan: Any, out: str | Path, *, shard_size: int = 1000, progress: b
     out = Path(out)
     for sub in (SHARDS_DIR, ERRORS_DIR, MARKERS_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _check_same_options(out, {"bands": list(plan.bands), "size": plan.size,
+    check_options(out, {"bands": list(plan.bands), "size": plan.size,
                               "shard_size": shard_size, **plan.spec})
     units, counter = [], {}
     for piece in plan.pieces(max_rows=shard_size):  # the same units for the same plan
@@ -107,7 +109,7 @@ def cut_tiles(plan: Any, out: str | Path, *, shard_size: int = 1000, progress: b
     if not summary["adds_up"]:
         raise RuntimeError(f"{out}: row counts do not add up: {total} for {len(plan.catalog)} "
                            "catalogue rows")
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -118,8 +120,7 @@ def _write_unit(piece, out: str, key: str, bands: Sequence[str]) -> dict:
 
     from pipeline.io import write_cube_shard
     from pipeline.io.tiles import cut_piece
-    from pipeline.io.writers import _atomic_write
-    from pipeline.run import _write_json
+    from pipeline.io.writers import atomic_write, write_json
 
     out = Path(out)
     batch, extra = cut_piece(piece)
@@ -142,10 +143,10 @@ def _write_unit(piece, out: str, key: str, bands: Sequence[str]) -> dict:
         table = pa.table(cols)
         for name in extra.column_names:
             table = table.append_column(name, extra.column(name).filter(pa.array(~good)))
-        _atomic_write(errors, lambda f: pq.write_table(table, f))
+        atomic_write(errors, lambda f: pq.write_table(table, f))
     else:
         errors.unlink(missing_ok=True)
     marker = {"source": piece.source, "rows": len(piece), "good": int(good.sum()),
               "errors": int((~good).sum())}
-    _write_json(out / MARKERS_DIR / f"{key}.json", marker)
+    write_json(out / MARKERS_DIR / f"{key}.json", marker)
     return marker

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
+from pipeline.io.schema import ID
+from pipeline.models.tasks import LENS_DETECT, P_LENS, SUBSTRUCTURE
 
 
 def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
@@ -32,8 +33,8 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     if table.num_rows == 0:
         return []
-    if "p_lens" in table.column_names:
-        p = np.nan_to_num(table.column("p_lens").to_numpy(zero_copy_only=False).astype(float),
+    if P_LENS in table.column_names:
+        p = np.nan_to_num(table.column(P_LENS).to_numpy(zero_copy_only=False).astype(float),
                           nan=-1.0)
         order = np.argsort(-p, kind="stable")[:k]
     else:
@@ -43,27 +44,21 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
 
 def _cutouts(rows: list[dict], bands, size) -> list[np.ndarray | None]:
     """The image of each row, read again from its source file (None if it cannot be)."""
-    import pyarrow.fs as pafs
-
-    from pipeline.io import ReadOptions, decode_fits, read_fits_file
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.schema import IMAGE, SOURCE
 
     options = ReadOptions(bands=tuple(bands) if bands else None, size=size)
     by_source: dict[str, dict] = {}
     images = []
     for row in rows:
-        src = row.get("source")
+        src = row.get(SOURCE)
         if src not in by_source:
-            try:
-                if "://" in src:
-                    fs, path = pafs.FileSystem.from_uri(src)
-                    with fs.open_input_stream(path) as f:
-                        batch = decode_fits(f.read(), src, options)
-                else:  # local: also finds a cube shard's sibling Parquet catalogue (its ids)
-                    batch = read_fits_file(src, options)
-                by_source[src] = dict(zip(batch["id"].tolist(), batch["image"], strict=True))
+            try:  # local paths and URIs alike, with a cube shard's sibling catalogue (its ids)
+                batch = read_fits_file(src, options)
+                by_source[src] = dict(zip(batch[ID].tolist(), batch[IMAGE], strict=True))
             except Exception:  # a gallery must not fail a finished run
                 by_source[src] = {}
-        images.append(by_source[src].get(row.get("id")))
+        images.append(by_source[src].get(row.get(ID)))
     return images
 
 
@@ -82,20 +77,21 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def _label(row: dict) -> tuple[str, str]:
     """(title: the id, caption: scores) for one panel."""
-    rid = str(row.get("id"))
+    rid = str(row.get(ID))
     lines = []
-    if row.get("p_lens") is not None:
-        lines.append(f"p_lens {row['p_lens']:.3f}")
-    probs = {c: row.get(f"p_{c}") for c in SUBSTRUCTURE_CLASSES}
+    if row.get(P_LENS) is not None:
+        lines.append(f"{P_LENS} {row[P_LENS]:.3f}")
+    classes = SUBSTRUCTURE.classes
+    probs = {c: row.get(f"p_{c}") for c in classes}
     if all(v is not None and np.isfinite(v) for v in probs.values()):
         best = max(probs, key=probs.get)
         lines.append(f"{best} {probs[best]:.2f}")
-        if best == "vortex" and row.get("log10_m_axion") is not None:
-            lines.append(f"log m_a {row['log10_m_axion']:.2f}±{row['log10_m_axion_sigma']:.2f}")
-        elif best == "cdm" and row.get("sigma_sub") is not None:
-            lines.append(f"Σsub {row['sigma_sub']:.3f}±{row['sigma_sub_sigma']:.3f}")
-    if row.get("is_lens") is not None:  # simulated data carry the truth
-        lines.append("true lens" if row["is_lens"] else "true non-lens")
+        for name, k in SUBSTRUCTURE.targets.items():  # the parameter this class carries
+            if classes[k] == best and row.get(name) is not None:
+                lines.append(f"{name} {row[name]:.3g}±{row[f'{name}_sigma']:.2g}")
+    truth = row.get(LENS_DETECT.class_column)
+    if truth is not None:  # simulated data carry the truth
+        lines.append("true lens" if truth else "true non-lens")
     return (rid if len(rid) <= 26 else "…" + rid[-25:]), "\n".join(lines)
 
 

@@ -20,7 +20,6 @@ A custom stage subclasses :class:`Stage`, sets ``name``/``reads``/``writes`` and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -30,9 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline.io import schema
+from pipeline.io.schema import CANDIDATE
+from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, SUBSTRUCTURE
 from pipeline.precision import check_precision
-
-CANDIDATE = "is_candidate"  # bool column written by LensDetect, read by Substructure
 
 
 class Stage:
@@ -47,7 +46,7 @@ class Stage:
             stages when the cluster has GPUs, else 0).
     """
 
-    name: ClassVar[str] = ""  # short name; the provenance column is ``model_<name>``
+    name: ClassVar[str] = ""  # short name; names the provenance column (``model_<name>``)
     reads: ClassVar[tuple[str, ...]] = (schema.IMAGE,)  # columns compute() needs
     writes: ClassVar[tuple[str, ...]] = ()  # columns it adds or rewrites (for order checks)
     uses_model: ClassVar[bool] = False  # model stages get GPU shares by default
@@ -109,11 +108,7 @@ class Stage:
             self.setup()
             self._ready = True
         n = len(batch[schema.ID])
-        err = batch.get(schema.ERROR)
-        if err is not None and np.asarray(err).dtype.kind == "f":
-            # Ray Data hands an all-null column (a batch without errors) over as float NaN,
-            # which good_mask would read as errors: restore the nulls.
-            batch = {**batch, schema.ERROR: np.full(n, None, dtype=object)}
+        batch = schema.restore_nulls(batch)  # a batch without errors may arrive as NaN
         mask = np.asarray(self.select(batch), dtype=bool)
         out = dict(batch)
         if mask.any():
@@ -133,7 +128,7 @@ class Stage:
         if tag is not None:
             prov = np.full(n, None, dtype=object)
             prov[mask] = tag
-            out[f"model_{self.name.replace('-', '_')}"] = prov
+            out[schema.provenance_column(self.name)] = prov
         return out
 
     def _probe(self, batch: dict[str, np.ndarray]) -> None:
@@ -170,7 +165,7 @@ class ModelStage(Stage):
 
     Args:
         checkpoint: checkpoint directory (``model.safetensors`` + ``config.json``); None uses
-            the shipped weights in ``pipeline/weights/<task>/``.
+            the shipped weights (``pipeline.models.pretrained_dir``).
         device: "cpu", "cuda", "cuda:1"...; None picks at run time: CUDA when Ray gave the actor
             a GPU (or, outside Ray, when one is visible), else CPU.
         precision: "fp32" (default) or "bf16": autocast the network to bfloat16, faster where
@@ -179,7 +174,7 @@ class ModelStage(Stage):
         **resources: see :class:`Stage`.
     """
 
-    task: ClassVar[str] = ""
+    task: ClassVar[str] = ""  # the task (``pipeline.models.tasks``) whose checkpoints it runs
     uses_model = True
 
     def __init__(self, checkpoint: str | Path | None = None, *, device: str | None = None,
@@ -247,25 +242,20 @@ class ModelStage(Stage):
 
 def _model_tag(config: dict, checkpoint: str | None, task: str) -> str:
     """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
-    from pipeline.models.checkpoint import WEIGHTS_DIR, WEIGHTS_FILE
+    from pipeline.io.files import sha256_file
+    from pipeline.models.checkpoint import WEIGHTS_FILE, pretrained_dir
 
-    directory = Path(checkpoint) if checkpoint else WEIGHTS_DIR / task
+    directory = Path(checkpoint) if checkpoint else pretrained_dir(task)
     weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
-    digest = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{digest.hexdigest()[:12]}"
+    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{sha256_file(weights)[:12]}"
 
 
 class Denoise(ModelStage):
     """Replace ``image`` by the denoiser's output (same units as the input), so the stages after
     it see denoised cutouts. Error rows keep their (unusable) image."""
 
-    name = "denoise"
-    task = "denoise"
-    reads = (schema.IMAGE,)
-    writes = (schema.IMAGE,)
+    name = task = DENOISE.name
+    reads, writes = DENOISE.reads, DENOISE.columns()
 
 
 class LensDetect(ModelStage):
@@ -279,10 +269,8 @@ class LensDetect(ModelStage):
         checkpoint, device, **resources: see :class:`ModelStage`.
     """
 
-    name = "lens-detect"
-    task = "lens-detect"
-    reads = (schema.IMAGE,)
-    writes = ("p_lens", CANDIDATE)
+    name = task = LENS_DETECT.name
+    reads, writes = LENS_DETECT.reads, (*LENS_DETECT.columns(), CANDIDATE)
 
     def __init__(self, threshold: float | None = 0.5, *, top_fraction: float | None = None,
                  checkpoint: str | Path | None = None, device: str | None = None,
@@ -297,14 +285,14 @@ class LensDetect(ModelStage):
         self.options.update(threshold=threshold, top_fraction=top_fraction)
 
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p = super().compute(rows)["p_lens"]
+        p = super().compute(rows)[P_LENS]
         if self.options["top_fraction"] is None:
             candidate = p >= self.options["threshold"]
         else:
             k = math.ceil(self.options["top_fraction"] * len(p))
             candidate = np.zeros(len(p), dtype=bool)
             candidate[np.argsort(-p, kind="stable")[:k]] = True
-        return {"p_lens": p, CANDIDATE: candidate}
+        return {P_LENS: p, CANDIDATE: candidate}
 
 
 class Substructure(ModelStage):
@@ -317,11 +305,8 @@ class Substructure(ModelStage):
     good row.
     """
 
-    name = "substructure"
-    task = "substructure"
-    reads = (schema.IMAGE,)
-    writes = ("p_no_sub", "p_cdm", "p_vortex", "log10_m_axion", "log10_m_axion_sigma",
-              "sigma_sub", "sigma_sub_sigma")
+    name = task = SUBSTRUCTURE.name
+    reads, writes = SUBSTRUCTURE.reads, SUBSTRUCTURE.columns()
 
     def select(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         mask = super().select(batch)
@@ -330,4 +315,8 @@ class Substructure(ModelStage):
         return mask
 
 
-__all__ = ["CANDIDATE", "Denoise", "LensDetect", "ModelStage", "Stage", "Substructure"]
+#: the cascade's stage class of each stage name (``pipeline.models.tasks.STAGES``)
+STAGE_CLASSES: dict[str, type[ModelStage]] = {c.task: c for c in (Denoise, LensDetect, Substructure)}
+
+__all__ = ["CANDIDATE", "STAGE_CLASSES", "Denoise", "LensDetect", "ModelStage", "Stage",
+           "Substructure"]

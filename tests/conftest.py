@@ -18,8 +18,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 def ray_local():
     """A real local Ray with 4 logical CPUs on the 2 real cores.
 
-    Extra logical CPUs keep read tasks, actor pools and Train workers from reserving every CPU,
-    which makes Ray wait forever on 2 cores (see docs/ray-on-small-machines in README).
+    Extra logical CPUs keep read tasks, actor pools and Train workers from reserving every CPU:
+    fixed reservations that take every CPU make Ray wait forever on 2 cores, with no error.
     """
     import ray
 

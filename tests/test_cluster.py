@@ -1,4 +1,5 @@
-"""Cluster configs validate against Ray's own schema and loader (``ray up`` has no dry run)."""
+"""Cluster files checked without launching: Ray's own schema and loader (``ray up`` has no dry
+run), safety settings, the RayJob's structure. The launches are in test_cluster_launch.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import copy
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -15,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 RAY_UP_CONFIGS = ["aws.yaml", "gcp.yaml", "local.yaml"]
-ALL_FILES = [*RAY_UP_CONFIGS, "kuberay-rayjob.yaml", "Dockerfile"]
+ALL_FILES = [*RAY_UP_CONFIGS, "kuberay-rayjob.yaml", "Dockerfile", "wait_for_jobs.py"]
 
 
 def _load(name: str) -> dict:
@@ -67,6 +70,38 @@ def test_ray_up_config_installs_the_repo_and_keeps_dashboard_local(name):
     assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "start" in c)
 
 
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_ray_up_nodes_dump_no_core_and_head_waits_for_the_job_agent(name):
+    config = _load(name)
+    for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        if "ray start" in command:  # core dumps can hold the auth token
+            assert command.index("ulimit -c 0;") < command.index("ray start"), command
+    # `ray start` returns before the job agent is up: the last head command waits for it.
+    last = config["head_start_ray_commands"][-1]
+    assert "RAY_AUTH_MODE=token python ~/lensray/cluster/wait_for_jobs.py" in last
+
+
+def test_local_yaml_puts_its_venv_on_the_path_of_every_ssh_command():
+    """Ray runs each command, `ray down`'s `ray stop` too, in a login shell that sources
+    ~/.bashrc first; the venv must be on PATH there (tests/test_cluster_launch.py runs it)."""
+    setup = _load("local.yaml")["setup_commands"]
+    assert setup[0] == "test -x ~/lensray-venv/bin/python || python3 -m venv ~/lensray-venv"
+    assert """echo 'export PATH="$HOME/lensray-venv/bin:$PATH"' >> ~/.bashrc""" in setup[1]
+    assert setup[2].startswith("~/lensray-venv/bin/python -m pip install")
+
+
+def test_wait_for_jobs_gives_one_line_when_no_head_answers():
+    from test_jobs import _free_ports
+
+    dashboard, agent = _free_ports(2)  # nothing listens there
+    res = subprocess.run([sys.executable, str(CLUSTER / "wait_for_jobs.py"),
+                          f"--dashboard-port={dashboard}", f"--agent-port={agent}",
+                          "--timeout=1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.startswith("wait_for_jobs: the Ray head on 127.0.0.1 does not accept jobs")
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
 def test_rayjob_manifest_structure_and_entrypoint():
     job = _load("kuberay-rayjob.yaml")
     assert job["apiVersion"] == "ray.io/v1"
@@ -83,6 +118,12 @@ def test_rayjob_manifest_structure_and_entrypoint():
     assert gpu["minReplicas"] == 0 < gpu["maxReplicas"]
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert cluster["enableInTreeAutoscaling"] is True
+    # Token auth: the operator makes the token (a Secret) and gives it to every container and
+    # the submitter. The dashboard stays on the pod network, which the operator needs (it
+    # reads the job status through the head Service), and never on 0.0.0.0 by our hand.
+    assert cluster["authOptions"] == {"mode": "token"}
+    for group in [cluster["headGroupSpec"], *groups]:
+        assert "0.0.0.0" not in json.dumps(group["rayStartParams"])
     # The entrypoint runs a script that exists in the repository, relative to the working_dir
     # the image installs the repository into.
     argv = shlex.split(spec["entrypoint"])
@@ -111,3 +152,4 @@ _SECRET = re.compile(
 def test_no_secrets_in_cluster_files(name):
     text = (CLUSTER / name).read_text()
     assert not _SECRET.search(text)
+    assert "ulimit -c unlimited" not in text

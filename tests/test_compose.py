@@ -203,10 +203,9 @@ def test_run_files_reads_inside_the_fused_actor_with_the_same_rows_as_read_tasks
     plan_sep, separate = run(False)
     assert plan.startswith("MapBatches(ReadChain)") and "Denoise" not in plan, plan
     assert "ReadChain" not in plan_sep and "MapBatches(Denoise)" in plan_sep, plan_sep
-    from pipeline.io import ReadOptions, read_fits_file
-    from pipeline.io.reader import expand_paths
+    from pipeline.io import ReadOptions, list_inputs, read_fits_file
 
-    files, _ = expand_paths(tmp_path / "in")
+    files = list_inputs(tmp_path / "in").files
     plain = [read_fits_file(f, ReadOptions(bands=("VIS",), size=32)) for f in files]
     assert len(fused) == sum(len(b["id"]) for b in plain) > 27 + 1  # every row, once
     assert sorted(fused.columns) == sorted(separate.columns) and "image" not in fused.columns

@@ -17,8 +17,9 @@ from astropy.wcs import WCS
 from pipeline.cli import main
 from pipeline.cutout import cut_tiles
 from pipeline.io import load_catalog, plan_tiles, read_fits_file
+from pipeline.io.catalog import shard_key
 from pipeline.io.tiles import cut_piece
-from pipeline.run import run_cascade, shard_key
+from pipeline.run import run_cascade
 
 SIZE = 32  # the test checkpoints' size
 SIDE = 200

@@ -25,7 +25,7 @@ from pipeline.io import (
     read_fits_file,
     write_cube_shard,
 )
-from pipeline.io.decode import file_stem
+from pipeline.io.files import file_stem
 from pipeline.io.pixels import centre_crop_or_pad
 
 EUCLID = "real/euclid/EUCLJ174517.55+655612.5.fits"
@@ -61,6 +61,40 @@ def test_euclid_q1_vis_band_and_wcs_position(data_dir):
     assert two["image"].shape == (2, 100, 100)
     np.testing.assert_array_equal(two["image"][0], nir_h)
     np.testing.assert_array_equal(two["image"][1], row["image"][0])
+
+
+def test_rows_carry_their_pixel_scale_and_band_names_when_asked(data_dir, tmp_path):
+    real = data_dir / "real"
+    read = lambda p, **kw: _rows(read_fits_file(str(p), ReadOptions(geometry=True, **kw)))  # noqa: E731
+    (vis,) = read(data_dir / EUCLID, bands=("VIS", "NIR_H"))  # WCS of the VIS_FLUX extension
+    assert vis["pixel_scale"] == pytest.approx(0.1, rel=1e-3) and vis["band_names"] == "VIS,NIR_H"
+    (hsc,) = read(real / "hsc" / "Cut_HSC.fits")
+    assert hsc["pixel_scale"] == pytest.approx(0.168, rel=1e-3) and hsc["band_names"] is None
+    (hst,) = read(real / "hst" / "Cut_HST_COSMOS.fits")
+    assert hst["pixel_scale"] == pytest.approx(0.03, rel=1e-3)
+    assert all(np.isnan(r["pixel_scale"]) for r in read(real / "hst" / "AEGIS_F814w_images_01.fits"))
+    # a cube shard: PIXSCALE and the selected BANDn names, the same for every row
+    shard = write_cube_shard(tmp_path / "s.fits", np.ones((3, 2, 8, 8), np.float32),
+                             {"id": np.array(["a", "b", "c"])}, ["g", "r"], header={"PIXSCALE": 0.2})
+    rows = read(shard, bands=("r",))
+    assert [(r["pixel_scale"], r["band_names"]) for r in rows] == [(0.2, "r")] * 3
+    # without the option the rows keep the base schema (the catalogue's columns do not change)
+    assert "pixel_scale" not in read_fits_file(str(shard))
+
+
+def test_one_hasher_and_one_null_rule():
+    import hashlib
+
+    import pyarrow as pa
+
+    from pipeline.io import schema
+    from pipeline.io.files import sha256_file
+
+    assert sha256_file(__file__) == hashlib.sha256(open(__file__, "rb").read()).hexdigest()
+    nan_err = {"id": np.array(["a", "b"]), "error": np.array([np.nan, np.nan])}
+    assert schema.restore_nulls(nan_err)["error"].tolist() == [None, None]
+    typed = schema.string_nulls(pa.table({"error": pa.nulls(2), "p": [1.0, 2.0]}))
+    assert typed.schema.field("error").type == pa.string() and typed["p"].type == pa.float64()
 
 
 def test_euclid_without_bands_reads_every_flux_band(data_dir):
@@ -349,8 +383,8 @@ def test_more_files_than_the_open_file_limit(ray_local, tmp_path):
     """Every file is really opened (serial core, a Ray read task, the whole Ray read) under a
     soft RLIMIT_NOFILE lower than the number of files: handles must be closed as we go."""
     import ray
-    from pyarrow.fs import LocalFileSystem
 
+    from pipeline.io import list_inputs
     from pipeline.io.reader import FitsDatasource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -376,7 +410,7 @@ def test_more_files_than_the_open_file_limit(ray_local, tmp_path):
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
     try:
         assert sum(len(read_fits_file(p)["id"]) for p in paths) == n
-        source = FitsDatasource(paths, ReadOptions(), filesystem=LocalFileSystem())
+        source = FitsDatasource(list_inputs(paths), ReadOptions())
         assert ray.get(run_read_tasks.remote(source.get_read_tasks(1), limit)) == n
         ds = read_cutouts(tmp_path)
         assert ds.filter(expr=col("error").is_null()).count() == n
@@ -453,23 +487,24 @@ def test_lensray_read_cli_rejects_bad_input_before_starting_ray(tmp_path):
         main(["read", str(tmp_path), "--size", "0"])
 
 
-def test_group_files_keeps_order_puts_big_files_alone_and_feeds_every_worker(tmp_path):
-    from pyarrow.fs import LocalFileSystem
-
-    from pipeline.io.reader import group_files
+def test_inputs_are_listed_once_with_sizes_and_grouped_in_order(tmp_path):
+    from pipeline.io.files import group_files, list_inputs
 
     sizes = [10, 10, 10, 5 << 20, 10, 10, 3 << 20, 2 << 20]  # bytes
     files = []
     for i, n in enumerate(sizes):
         (tmp_path / f"f{i}.fits").write_bytes(b"\0" * n)
         files.append(str(tmp_path / f"f{i}.fits"))
-    files.append(str(tmp_path / "missing.fits"))  # counts as empty: it becomes an error row later
-    groups = group_files(files, LocalFileSystem(), parts=1)
+    inputs = list_inputs(tmp_path)
+    assert inputs.files == tuple(files) and inputs.sizes == tuple(sizes)  # from the listing
+    assert list_inputs(inputs) is inputs  # a listing is passed on, never made again
+    groups = group_files(inputs, parts=1)
     assert [f for g in groups for f in g] == files  # every file once, in order
-    assert [len(g) for g in groups] == [3, 1, 3, 2]  # up to 4 MiB per group; a bigger file alone
-    assert len(group_files(files[:3], LocalFileSystem(), parts=3)) == 3  # 3 workers, 3 groups
-    assert len(group_files(files[:3], LocalFileSystem(), parts=1)) == 1
-    assert group_files(files[-1:] + files[:2], LocalFileSystem(), parts=1) == [files[-1:] + files[:2]]
+    assert [len(g) for g in groups] == [3, 1, 3, 1]  # up to 4 MiB per group; a bigger file alone
+    assert len(group_files(inputs.subset(files[:3]), parts=3)) == 3  # 3 workers, 3 groups
+    assert len(group_files(inputs.subset(files[:3]), parts=1)) == 1
+    head = files[-1:] + files[:2]
+    assert group_files(inputs.subset(head), parts=1) == [head]
 
 
 def test_read_fits_file_through_a_pyarrow_filesystem_with_its_sidecar(tmp_path):

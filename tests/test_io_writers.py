@@ -19,6 +19,20 @@ def _shard_inputs(n=4, b=2, size=8):
     return images, table
 
 
+def test_quantised_cube_shard_stores_int16_steps_and_reads_back_floats(tmp_path):
+    images, table = _shard_inputs()
+    path = write_cube_shard(tmp_path / "q.fits", images * 100, table, ["VIS", "NIR_H"],
+                            quantum=0.5)
+    with fits.open(path, do_not_scale_image_data=True) as h:
+        assert h["CUTOUTS"].header["BITPIX"] == 16 and h["CUTOUTS"].header["BSCALE"] == 0.5
+    rows = read_fits_file(str(path))
+    got = np.asarray(rows["image"])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.round(images * 200) / 2, atol=1e-6)  # nearest 0.5 step
+    with pytest.raises(ValueError, match="quantum"):
+        write_cube_shard(tmp_path / "big.fits", images * 1e6, table, ["VIS", "NIR_H"], quantum=1.0)
+
+
 def test_cube_shard_layout_and_provenance(tmp_path):
     images, table = _shard_inputs()
     path = write_cube_shard(

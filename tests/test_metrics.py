@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.train import metrics as M
+from pipeline import metrics as M
 
 
 def test_auc_matches_sklearn_with_ties():

@@ -20,7 +20,8 @@ from pipeline.models import (
     predict,
     save_checkpoint,
 )
-from pipeline.models.tasks import model_kwargs
+from pipeline.models.registry import model_kwargs
+from pipeline.models.tasks import get_task
 
 CLASSIFIERS = ["deeplens_resnet", "lastro_cnn", "d4_resnet"]
 TARGETS = {"log10_m_axion": {"class": 2, "mean": -23.0, "std": 0.6},
@@ -32,7 +33,7 @@ def _config(task: str, model: str, bands=("VIS",), size=32) -> dict:
            "normalization": dict(DEFAULT_NORMALIZATION)}
     if task == "substructure":
         cfg.update(classes=["no_sub", "cdm", "vortex"], targets=TARGETS)
-    cfg["model_kwargs"] = model_kwargs(task, model, cfg)
+    cfg["model_kwargs"] = model_kwargs(model, cfg)
     return cfg
 
 
@@ -47,6 +48,28 @@ def test_registry_lists_models_per_task():
     assert list_models("denoise") == ["unet_denoiser"]
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         create_model("nope")
+
+
+def test_model_facts_live_at_registration():
+    from pipeline.models import STAGES, default_model, model_info, register_model
+
+    for stage in STAGES:  # one default network per stage, and it serves the stage
+        assert stage in model_info(default_model(stage)).tasks
+    assert model_info("two_tower").init_from is not None
+    assert model_info("d4_resnet").init_from is None
+    assert "model.widths" in model_info("d4_resnet").search_space
+    with pytest.raises(ValueError, match="register_model: tasks"):
+        register_model("lens-find")
+
+
+def test_stages_write_what_their_tasks_decode_from_the_shipped_configs():
+    from pipeline.models import STAGES, pretrained_dir
+    from pipeline.stages import STAGE_CLASSES
+
+    for stage in STAGES:
+        cfg = json.loads((pretrained_dir(stage) / "config.json").read_text())
+        assert set(get_task(stage).columns(cfg)) <= set(STAGE_CLASSES[stage].writes)
+        assert STAGE_CLASSES[stage].task == stage == cfg["task"]
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -108,6 +131,7 @@ def test_checkpoint_round_trip_and_predict_columns(tmp_path, task, model):
     assert cfg2 == json.loads(json.dumps(cfg))
     p2 = predict(m2, cfg2, x)
     assert p.keys() == p2.keys()
+    assert tuple(p) == get_task(task).columns(cfg)  # the columns the task declares
     for k in p:
         np.testing.assert_array_equal(p[k], p2[k])
         assert p[k].dtype == np.float32 and len(p[k]) == 5
@@ -207,7 +231,7 @@ def test_substructure_loss_is_cross_entropy_plus_weighted_masked_gaussian_nll():
 
 
 def test_two_tower_takes_classes_from_the_frozen_classifier_and_the_rest_from_the_regressor():
-    from pipeline.models.towers import init_network
+    from pipeline.models.registry import init_network
 
     cfg = _config("substructure", "two_tower")
     assert cfg["model_kwargs"]["num_classes"] == 3

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.models import STAGES, WEIGHTS_DIR, load_pretrained, predict
-from pipeline.train.metrics import denoise_metrics, multiclass_auc, regression_metrics, roc_auc
+from pipeline.metrics import denoise_metrics, multiclass_auc, regression_metrics, roc_auc
+from pipeline.models import STAGES, load_pretrained, predict, pretrained_dir
+from pipeline.surveys import SURVEYS
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_shipped_weights_load_and_are_documented(stage):
-    d = WEIGHTS_DIR / stage
+    d = pretrained_dir(stage)
     model, cfg = load_pretrained(stage)
     assert cfg["task"] == stage
     assert (d / "model.safetensors").stat().st_size <= 20e6
@@ -23,6 +24,23 @@ def test_shipped_weights_load_and_are_documented(stage):
         assert needed in card, needed
     assert cfg["metrics"]["split"] == "test"
     assert json.loads((d / "config.json").read_text()) == cfg
+
+
+@pytest.mark.parametrize("survey", sorted(SURVEYS))
+def test_a_survey_record_matches_its_weights_and_its_simulator_preset(survey):
+    from pipeline.simulate import get_preset
+
+    rec = SURVEYS[survey]
+    preset = get_preset(rec.preset)
+    assert (tuple(preset.band_names), preset.pixel_scale, preset.size) == \
+        (rec.bands, rec.pixel_scale, rec.size)
+    shipped = [s for s in STAGES if (pretrained_dir(s, survey) / "config.json").is_file()]
+    for stage in shipped:
+        cfg = json.loads((pretrained_dir(stage, survey) / "config.json").read_text())
+        assert (tuple(cfg["bands"]), cfg["pixel_scale"], cfg["size"]) == \
+            (rec.bands, rec.pixel_scale, rec.size), stage
+        assert cfg["trained"]["preset"] == rec.preset, stage
+    assert survey != "euclid-vis" or shipped == list(STAGES)
 
 
 def _fresh(ray_local, tmp_path_factory, task, n, seed, clean=False):

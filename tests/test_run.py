@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from _cascade import BANDS, SIZE, make_checkpoints, make_shards
 
-from pipeline.run import run_cascade, shard_key
+from pipeline.io.catalog import shard_key
+from pipeline.run import run_cascade
 
 COUNTS = [30, 25, 20]
 

@@ -88,22 +88,24 @@ def test_noise_matches_preset_sky_rms(name):
     assert sig[0, 0, 0] == pytest.approx(np.sqrt(band.background_noise**2 + 5.0 / band.total_exposure))
 
 
-def test_lenses_add_arc_flux_over_nonlenses():
-    """Same galaxy population: the mean lens image minus the mean elliptical is an arc annulus."""
+def test_lenses_add_arc_flux_over_their_unlensed_twins():
+    """A lens minus the same cutout without its source is exactly its arcs, and they sit at
+    Einstein radii."""
+    from pipeline.simulate.scenes import unlensed
+
     preset, priors = get_preset("euclid-vis"), default_priors("euclid-vis")
     r = LenstronomyRenderer(preset)
     rad = _radius_map(preset)
-    diffs, snr = [], []
-    for i in range(30):
-        lens = r.render(sample_scene(np.random.default_rng(i), preset, priors, "lens", "lens"))
-        ell = r.render(sample_scene(np.random.default_rng(i), preset, priors, "lens", "elliptical"))
-        diffs.append(lens.clean[0] - ell.clean[0])
-        snr.append(lens.arcs.sum())
+    diffs = []
+    for i in range(20):
+        scene = sample_scene(np.random.default_rng(i), preset, priors, "lens", "lens")
+        lens, twin = r.render(scene), r.render(unlensed(scene))
+        np.testing.assert_allclose(lens.clean - twin.clean, lens.arcs, atol=1e-9)
+        assert not twin.arcs.any()
+        diffs.append(lens.arcs[0])
     d = np.mean(diffs, axis=0)
-    annulus = (rad > 0.6) & (rad < 2.2)
-    sigma = preset.bands[0].background_noise
-    assert d[annulus].mean() > 5 * sigma / np.sqrt(30)
-    assert d[annulus].mean() > 3 * abs(d[rad > 3.0].mean())  # extra light sits at Einstein radii
+    annulus = (rad > 0.4) & (rad < 2.2)
+    assert d[annulus].mean() > 3 * d[rad > 3.0].mean()  # extra light sits at Einstein radii
 
 
 @pytest.mark.parametrize("cls", ["cdm", "vortex"])
@@ -192,8 +194,6 @@ def test_matched_groups_share_the_lens_and_differ_in_substructure_and_noise():
     assert scenes[0].lens[0] != scenes[3].lens[0]  # groups draw different lenses
     noise = [r.normal(size=4) for r in rngs[:3]]
     assert not np.allclose(noise[0], noise[1]) and not np.allclose(noise[1], noise[2])
-    with pytest.raises(ConfigError, match="matched sets are for the substructure task"):
-        make_config("euclid-vis", "lens", 8, 3, matched=True)
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -266,7 +266,9 @@ def test_simulate_on_ray_writes_shards_manifest_and_reads_back(ray_local, tmp_pa
     bands = get_preset("euclid-vis").bands
     pulls = np.concatenate([((r["image"] - r["clean"]) / noise_sigma(r["clean"], bands)).ravel()
                             for r in rows[:8]])
-    assert pulls.std() == pytest.approx(1.0, rel=0.05)  # noise = sky + read + Poisson, as modelled
+    # noise = sky + read + Poisson, as modelled (robust width: artefacts are the far tail)
+    assert 1.4826 * np.median(np.abs(pulls - np.median(pulls))) == pytest.approx(1.0, rel=0.05)
+    assert (np.abs(pulls) > 6).mean() < 0.01
 
     # the same seed again gives the same bytes; an existing output is not overwritten silently
     with pytest.raises(FileExistsError):

@@ -138,6 +138,38 @@ def test_two_tower_regressor_trains_on_its_classes_and_keeps_the_classifier(ray_
     for col in ("p_vortex", "sigma_sub", "sigma_sub_sigma"):  # the frozen classifier's
         np.testing.assert_allclose(p_tt[col], p_cls[col], rtol=1e-5, atol=1e-6)
     assert not np.allclose(p_tt["log10_m_axion"], p_cls["log10_m_axion"])
-    with pytest.raises(ValueError, match="starts from a trained classifier"):
+    with pytest.raises(ValueError, match="starts from a trained checkpoint"):
         train("substructure", tmp_path / "sub", tmp_path / "bad", "two_tower", epochs=1)
     assert "log10_m_axion_mae_ratio" in cfg["metrics"] and "auc_macro" in cfg["metrics"]
+
+
+def test_training_layout_avoids_channels_last_for_narrow_1x1_convolutions():
+    """oneDNN's channels-last 1x1 weight gradient corrupts the heap for < 16 input channels on
+    AVX-512 CPUs; such networks train in the default layout (a subprocess, so a crash fails
+    this test instead of killing the suite)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from pipeline.models import create_model
+    from pipeline.train.loop import training_layout
+
+    assert training_layout(create_model("d4_resnet", in_channels=1, num_outputs=1)) \
+        == torch.channels_last
+    assert training_layout(create_model("d4_resnet", in_channels=1, num_outputs=1,
+                                        **TINY_D4)) == torch.contiguous_format
+    code = (
+        "import torch\n"
+        "from pipeline.models import create_model\n"
+        "from pipeline.train.loop import training_layout\n"
+        "torch.set_num_threads(1)\n"
+        f"m = create_model('d4_resnet', in_channels=1, num_outputs=1, **{TINY_D4!r})\n"
+        "fmt = training_layout(m); m = m.to(memory_format=fmt)\n"
+        "opt = torch.optim.AdamW(m.parameters(), 1e-3)\n"
+        "for _ in range(10):\n"
+        "    x = torch.randn(16, 1, 48, 48).contiguous(memory_format=fmt)\n"
+        "    loss = m(x).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"
+        "print('trained')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "trained" in res.stdout, res.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""Sky position of a cutout from its FITS header: the WCS at the centre pixel, else keywords.
+"""Sky facts of a cutout from its FITS header: its position (the WCS at the centre pixel, else
+keywords) and its pixel scale (:func:`pixel_scale`).
 
 Order of preference (first that gives finite numbers wins), for the image's own header and then
 the file's PRIMARY header:
@@ -19,6 +20,7 @@ import math
 import warnings
 
 _OBJECT_KEYS = (("RA_OBJ", "DEC_OBJ"), ("RA", "DEC"), ("OBJRA", "OBJDEC"), ("RA_TARG", "DEC_TARG"))
+_SCALE_KEYS = ("PIXSCALE", "PIXSCAL")  # arcsec per pixel
 NAN2 = (math.nan, math.nan)
 
 
@@ -90,3 +92,41 @@ def _from_keywords(header) -> tuple[float, float]:
     if c1.startswith("RA") and c2.startswith("DEC") and "CRVAL1" in header and "CRVAL2" in header:
         return _angle(header["CRVAL1"], False), _angle(header["CRVAL2"], False)
     return NAN2
+
+
+def pixel_scale(header, fallback=None) -> float:
+    """Arcsec per pixel of an image: its celestial WCS (the geometric mean of both axes'
+    ``proj_plane_pixel_scales``), else a ``PIXSCALE``/``PIXSCAL`` keyword, first in ``header``
+    and then in ``fallback`` (the PRIMARY header); NaN when none says."""
+    for hdr in (header, fallback):
+        if hdr is not None:
+            scale = _scale_from_wcs(hdr)
+            if math.isfinite(scale):
+                return scale
+    for hdr in (header, fallback):
+        for key in _SCALE_KEYS if hdr is not None else ():
+            try:
+                scale = float(hdr[key]) if key in hdr else math.nan
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(scale) and scale > 0:
+                return scale
+    return math.nan
+
+
+def _scale_from_wcs(header) -> float:
+    if "CTYPE1" not in header and "CTYPE2" not in header:
+        return math.nan
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header).celestial
+        if not wcs.has_celestial or wcs.naxis != 2:
+            return math.nan
+        sx, sy = (float(v) * 3600 for v in proj_plane_pixel_scales(wcs))
+    except Exception:  # a broken WCS falls back to keywords
+        return math.nan
+    return math.sqrt(sx * sy) if sx > 0 and sy > 0 else math.nan

@@ -37,13 +37,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import schema
-from pipeline.io.coords import centre_radec
+from pipeline.io.coords import centre_radec, pixel_scale
+from pipeline.io.files import file_stem, locate, sibling_parquet
 from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
 from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
 
-CLEAN = "clean"  # noiseless image column of cube shards, read with clean=True
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fits.fz")
-_RESERVED = set(schema.BASE_COLUMNS) | {CLEAN}
+_RESERVED = set(schema.BASE_COLUMNS) | {schema.CLEAN}
 _CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra bytes")
 
 
@@ -70,6 +69,7 @@ class ReadOptions:
     clean: bool = False
     max_nonfinite: float = 0.1
     strict: bool = False
+    geometry: bool = False  # also give each row its pixel scale and band names
 
     def __post_init__(self):
         if self.bands is not None:
@@ -97,16 +97,6 @@ class ReadOptions:
         b = len(self.bands) if self.bands else (nbands or 1)
         side = self.size or 0
         return np.zeros((b, side, side), dtype=np.float32)
-
-
-def file_stem(source: str) -> str:
-    """File name without directories and FITS suffixes: 's3://b/x/EUCLJ1.5+6.fits.gz' -> 'EUCLJ1.5+6'."""
-    name = str(source).rstrip("/").rsplit("/", 1)[-1]
-    lower = name.lower()
-    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name.rsplit(".", 1)[0] if "." in name[1:] else name
 
 
 # ----------------------------------------------------------------------------- public core
@@ -156,12 +146,12 @@ def read_fits_file(
 
     ``path`` is a local path or a URI (``s3://``, ``gs://``: opened through ``pyarrow.fs``);
     ``filesystem`` is a ``pyarrow.fs.FileSystem`` to open it with instead (e.g. the one
-    :func:`pipeline.io.reader.expand_paths` returned). A cube shard's sibling Parquet catalogue
+    :func:`pipeline.io.files.list_inputs` listed with). A cube shard's sibling Parquet catalogue
     is read from the same place. An unopenable file is an error row (or raises, if strict).
     """
     options = options or ReadOptions()
     source = str(path)
-    fs, where = _locate(source, filesystem)
+    fs, where = locate(source, filesystem)
     try:
         if fs is None:
             with open(where, "rb") as f:
@@ -191,27 +181,6 @@ def read_sidecar(path: str, filesystem: Any = None):
     if fs.get_file_info(parquet).type != FileType.File:
         return None
     return pq.read_table(parquet, filesystem=fs)
-
-
-def _locate(source: str, filesystem: Any) -> tuple[Any, str]:
-    """(pyarrow filesystem or None for a plain local open, path on it) for a path or URI."""
-    if "://" not in source:
-        from pyarrow.fs import LocalFileSystem
-
-        local = filesystem is None or isinstance(filesystem, LocalFileSystem)
-        return (None if local else filesystem), source
-    if filesystem is None:
-        from pyarrow.fs import FileSystem
-
-        return FileSystem.from_uri(source)
-    return filesystem, source.split("://", 1)[1]
-
-
-def sibling_parquet(path: str) -> str:
-    """The Parquet catalogue next to a cube shard: 'dir/shard-0001.fits' -> 'dir/shard-0001.parquet'."""
-    stem = file_stem(path)
-    head = path.rstrip("/").rsplit("/", 1)[0] + "/" if "/" in path else ""
-    return f"{head}{stem}.parquet"
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -258,6 +227,8 @@ class _Parts:
     errors: list[str | None]
     clean: list[np.ndarray] | np.ndarray | None = None
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    scales: list[float] | np.ndarray | None = None  # arcsec/px (options.geometry)
+    band_names: list[str | None] | None = None  # "VIS" or "g,r,i" (options.geometry)
 
 
 def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.ndarray]:
@@ -273,7 +244,11 @@ def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.
         schema.ERROR: errors,
     }
     if options.clean:
-        batch[CLEAN] = _stack(parts.clean)
+        batch[schema.CLEAN] = _stack(parts.clean)
+    if options.geometry:
+        batch[schema.PIXEL_SCALE] = (np.full(n, np.nan) if parts.scales is None
+                                     else np.asarray(parts.scales, dtype=np.float64))
+        batch[schema.BAND_NAMES] = np.array(parts.band_names or [None] * n, dtype=object)
     batch.update(parts.labels)
     return batch
 
@@ -388,8 +363,11 @@ def _images(hdus, stem: str, options: ReadOptions) -> _Parts:
         cutouts = [_named_cutout(with_data, primary, options)]
     else:
         cutouts = [_unnamed_cutout(i, h, primary, options) for i, h in with_data]
-    parts = _Parts([], [], [], [], [], [], [])
-    for index, image, (ra, dec), err in cutouts:
+    parts = _Parts([], [], [], [], [], [], [], scales=[], band_names=[])
+    for index, image, (ra, dec), err, (header, names) in cutouts:
+        parts.scales.append(pixel_scale(header, primary) if options.geometry and header is not None
+                            else math.nan)
+        parts.band_names.append(",".join(names) if names else None)
         errs = [err]
         if image is not None:
             image = _finish(image[None], errs, options)[0]
@@ -441,9 +419,15 @@ def _named_cutout(with_data, primary, options):
             )
         image = np.concatenate(planes) if len(planes) > 1 else planes[0]
         pos = centre_radec(chosen[0][1].header, *image.shape[1:], fallback=primary)
-        return index, image, pos, None
+        names = [_band_of(h.name) for _, h in chosen]
+        return index, image, pos, None, (chosen[0][1].header, names)
     except _Reason as exc:
-        return index, None, (math.nan, math.nan), str(exc)
+        return index, None, (math.nan, math.nan), str(exc), (None, None)
+
+
+def _band_of(extname: str) -> str:
+    """The band an extension holds: 'VIS_FLUX' -> 'VIS'."""
+    return extname[: -len("_FLUX")] if extname.upper().endswith("_FLUX") else extname
 
 
 def _unnamed_cutout(i, hdu, primary, options):
@@ -452,11 +436,12 @@ def _unnamed_cutout(i, hdu, primary, options):
         names = _band_keywords(hdu.header, image.shape[0])
         if names is None and image.shape[0] == 1 and options.bands:
             _check_filter(hdu.header, options.bands[0], f"HDU {i}")
-        image = image[_select_planes(names, image.shape[0], options.bands, f"HDU {i}")]
+        picked = _select_planes(names, image.shape[0], options.bands, f"HDU {i}")
+        image = image[picked]
         pos = centre_radec(hdu.header, *image.shape[1:], fallback=primary if i else None)
-        return i, image, pos, None
+        return i, image, pos, None, (hdu.header, names and [names[k] for k in picked])
     except _Reason as exc:
-        return i, None, (math.nan, math.nan), str(exc)
+        return i, None, (math.nan, math.nan), str(exc), (None, None)
 
 
 def _check_filter(header, band: str, where: str) -> None:
@@ -480,7 +465,8 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
             f"{CUTOUTS_EXT} has shape {stack.shape} (expected N x H x W or N x bands x H x W)"
         )
     n, nb = stack.shape[:2]
-    sel = _select_planes(_band_keywords(primary, nb), nb, options.bands, CUTOUTS_EXT)
+    band_names = _band_keywords(primary, nb)
+    sel = _select_planes(band_names, nb, options.bands, CUTOUTS_EXT)
     stack = stack[:, sel]
     clean = None
     if options.clean:
@@ -494,7 +480,8 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
         bad = {k: len(v) for k, v in table.items() if len(v) != n}
         if bad:
             raise _Reason(f"catalogue has {next(iter(bad.values()))} rows for {n} cutouts")
-        clash = sorted(set(table) & (_RESERVED - {schema.ID, schema.RA, schema.DEC}))
+        reserved = _RESERVED | ({schema.PIXEL_SCALE, schema.BAND_NAMES} if options.geometry else set())
+        clash = sorted(set(table) & (reserved - {schema.ID, schema.RA, schema.DEC}))
         if clash:
             raise _Reason(f"catalogue columns {clash} clash with reserved row columns")
     table = table or {}
@@ -515,7 +502,11 @@ def _shard(hdus, names, stem, options, sidecar) -> _Parts:
         bad = [i for i, e in enumerate(errors) if e is not None]
         stack[bad] = 0.0
         clean[bad] = 0.0
-    return _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
+    parts = _Parts(ids, list(range(n)), ra, dec, stack, errors, clean, table)
+    if options.geometry:  # one pixel grid and one band list for the whole shard
+        parts.scales = np.full(n, pixel_scale(primary))
+        parts.band_names = [",".join(band_names[k] for k in sel) if band_names else None] * n
+    return parts
 
 
 def _shard_table(hdus, names, sidecar) -> dict[str, np.ndarray] | None:

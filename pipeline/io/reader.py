@@ -1,7 +1,8 @@
 """``read_cutouts``: FITS cutouts from files, directories, globs or URIs into a Ray Dataset.
 
 Ray has no FITS reader, so :class:`FitsDatasource` subclasses Ray Data's ``FileBasedDatasource``:
-Ray lists, opens (pyarrow filesystems: local, s3://, gs://, ...) and schedules; each file's bytes
+we list the files once (:func:`pipeline.io.files.list_inputs`), Ray opens them (pyarrow
+filesystems: local, s3://, gs://, ...) and schedules; each file's bytes
 go to :func:`pipeline.io.decode.decode_fits`, which does all the astropy work. Files are read
 whole into memory and parsed there (no memmap), so open handles never pile up.
 """
@@ -11,39 +12,39 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ray.data.datasource import FileBasedDatasource
+from ray.data.datasource import DefaultFileMetadataProvider, FileBasedDatasource
 
 from pipeline.io import schema
-from pipeline.io.decode import CLEAN, FITS_SUFFIXES, ReadOptions, decode_fits, read_sidecar
+from pipeline.io.decode import ReadOptions, decode_fits, read_sidecar
+from pipeline.io.files import SMALL_FILE_BYTES, Inputs, list_inputs
 
 if TYPE_CHECKING:
     import pyarrow
     import ray.data
 
-_GLOB_CHARS = "*?["
 _BLOCK_BYTES = 32 << 20  # image bytes per output block (small files are grouped up to this)
-_SMALL_BYTES = 4 << 20  # a file with fewer image bytes is grouped with its neighbours
-_TENSORS = (schema.IMAGE, CLEAN)
+_TENSORS = (schema.IMAGE, schema.CLEAN)
 
 
 class FitsDatasource(FileBasedDatasource):
-    """Ray Data datasource yielding one row per cutout (see :mod:`pipeline.io.decode`)."""
+    """Ray Data datasource yielding one row per cutout (see :mod:`pipeline.io.decode`), over
+    files already listed (:class:`~pipeline.io.files.Inputs`: Ray asks the filesystem nothing)."""
 
-    def __init__(self, paths: list[str], options: ReadOptions, **file_based_kwargs: Any):
-        super().__init__(paths, **file_based_kwargs)
+    def __init__(self, inputs: Inputs, options: ReadOptions, **file_based_kwargs: Any):
+        super().__init__(list(inputs.files), filesystem=inputs.filesystem,
+                         meta_provider=_Listed(inputs.sizes), **file_based_kwargs)
         self._options = options
-        first = paths[0] if paths else ""
+        first = inputs.files[0] if inputs.files else ""
         # Ray strips "s3://" & co. from the paths it hands us; put it back for the source column.
         self._scheme = first.split("://", 1)[0] + "://" if "://" in first else ""
 
     def _read_stream(self, f: pyarrow.NativeFile, path: str) -> Iterator[Any]:
         # Yields NumPy batches, not blocks: get_read_tasks groups a task's small files into
-        # one Arrow block (building a block costs ~2 ms, more than decoding a 64x64 file).
+        # one Arrow block (building a block costs more than decoding a small file; docs/io.md).
         source = path if "://" in path else self._scheme + path
         yield decode_fits(f.read(), source, self._options, lambda: read_sidecar(path, self._filesystem))
 
@@ -58,6 +59,18 @@ class FitsDatasource(FileBasedDatasource):
         ]
 
 
+class _Listed(DefaultFileMetadataProvider):
+    """File sizes from our own listing, in the order of the paths (Ray's default stats them)."""
+
+    def __init__(self, sizes: Sequence[int]):
+        self.sizes = list(sizes)
+
+    def expand_paths(self, paths, filesystem, partitioning=None, ignore_missing_paths=False):
+        if len(paths) != len(self.sizes):
+            raise ValueError(f"{len(paths)} paths for {len(self.sizes)} listed sizes")
+        yield from zip(paths, self.sizes, strict=True)
+
+
 def _grouped(read_fn):
     """Wrap a read task: concatenate its files' batches into blocks of ~_BLOCK_BYTES."""
 
@@ -67,22 +80,22 @@ def _grouped(read_fn):
         pending: list[dict[str, np.ndarray]] = []
         size = 0
         for batch in read_fn():
-            big = _nbytes(batch[schema.IMAGE]) >= _SMALL_BYTES
+            big = _nbytes(batch[schema.IMAGE]) >= SMALL_FILE_BYTES
             if pending and (big or size >= _BLOCK_BYTES or _kind(batch) != _kind(pending[0])):
-                yield _fix_types(BlockAccessor.batch_to_block(_concat(pending)))
+                yield schema.string_nulls(BlockAccessor.batch_to_block(_concat(pending)))
                 pending, size = [], 0
             if big:  # a cube shard is a block by itself: no copy into a concatenation
                 for chunk in _chunks(batch):
-                    yield _fix_types(BlockAccessor.batch_to_block(chunk))
+                    yield schema.string_nulls(BlockAccessor.batch_to_block(chunk))
                 continue
             for chunk in _chunks(batch):
                 pending.append(chunk)
                 size += _nbytes(chunk[schema.IMAGE])
                 if size >= _BLOCK_BYTES:
-                    yield _fix_types(BlockAccessor.batch_to_block(_concat(pending)))
+                    yield schema.string_nulls(BlockAccessor.batch_to_block(_concat(pending)))
                     pending, size = [], 0
         if pending:
-            yield _fix_types(BlockAccessor.batch_to_block(_concat(pending)))
+            yield schema.string_nulls(BlockAccessor.batch_to_block(_concat(pending)))
 
     return read_blocks
 
@@ -132,142 +145,15 @@ def _chunks(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         yield {k: v[start : start + step] for k, v in batch.items()}
 
 
-def _fix_types(table: pyarrow.Table) -> pyarrow.Table:
-    """Give all-null text columns (a file with no errors) a string type, so blocks unify."""
-    import pyarrow as pa
-
-    for name in (schema.ERROR,):
-        i = table.schema.get_field_index(name)
-        if i >= 0 and pa.types.is_null(table.schema.field(i).type):
-            table = table.set_column(i, name, table.column(i).cast(pa.string()))
-    return table
-
-
-# ----------------------------------------------------------------------------- inputs
-def expand_paths(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
-    filesystem: pyarrow.fs.FileSystem | None = None,
-) -> tuple[list[str], pyarrow.fs.FileSystem]:
-    """Expand files, directories (recursive FITS files) and globs into a sorted list of files.
-
-    Local paths become absolute; URIs (``s3://``, ``gs://`` ...) keep their scheme and are listed
-    through ``pyarrow.fs``. An explicit file is kept whatever its name (a non-FITS file becomes an
-    error row); directories yield ``*.fits``, ``*.fits.gz``, ``*.fit`` ... skipping names that
-    start with '.' or '_' (Ray's convention, and the writers' temporary files).
-
-    Raises:
-        FileNotFoundError: a path that does not exist or a glob/directory with no FITS file.
-    """
-    import pyarrow.fs as pafs
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = [os.fspath(p) for p in paths]
-    if not paths:
-        raise ValueError("no input paths given")
-    remote = ["://" in p for p in paths]
-    if any(remote) and not all(remote):
-        raise ValueError(f"mix of local paths and URIs in one read: {paths}")
-
-    out: list[str] = []
-    for given in paths:
-        if "://" in given:
-            fs, path = filesystem or pafs.FileSystem.from_uri(given)[0], _strip_scheme(given)
-            scheme = given.split("://", 1)[0] + "://"
-        else:
-            fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""
-        filesystem = filesystem or fs
-        found = [scheme + p for p in _expand_one(fs, path)]
-        if not found:
-            raise FileNotFoundError(f"{given}: no FITS files found (suffixes {FITS_SUFFIXES})")
-        out.extend(found)
-    return out, filesystem
-
-
-def group_files(files: Sequence[str], filesystem: pyarrow.fs.FileSystem, parts: int) -> list[list[str]]:
-    """``files`` in order, in runs of neighbours that make one unit of work each: a file of
-    _SMALL_BYTES or more alone, smaller files together up to that size, and runs no bigger than
-    1/``parts`` of all bytes (so ``parts`` workers all get some). Unlistable files count as 0."""
-    from pyarrow.fs import FileType
-
-    infos = filesystem.get_file_info([_strip_scheme(f) if "://" in f else f for f in files])
-    sizes = [i.size if i.type == FileType.File else 0 for i in infos]
-    cap = max(1, min(_SMALL_BYTES, sum(sizes) // max(1, parts)))
-    groups: list[list[str]] = []
-    held = 0  # bytes in the last group
-    for path, size in zip(files, sizes, strict=True):
-        if not groups or held + size > cap:
-            groups.append([])
-            held = 0
-        groups[-1].append(path)
-        held += size
-    return groups
-
-
-def _strip_scheme(uri: str) -> str:
-    return uri.split("://", 1)[1]
-
-
-def _is_fits_name(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return not name.startswith((".", "_")) and name.lower().endswith(FITS_SUFFIXES)
-
-
-def _expand_one(fs, path: str) -> list[str]:
-    from pyarrow.fs import FileSelector, FileType
-
-    if any(c in path for c in _GLOB_CHARS):
-        parts = path.split("/")
-        n_static = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
-        base = "/".join(parts[:n_static]) or "/"
-        recursive = "**" in path or n_static < len(parts) - 1
-        regex = _glob_regex(path)
-        infos = fs.get_file_info(FileSelector(base, recursive=recursive, allow_not_found=True))
-        return sorted(i.path for i in infos if i.type == FileType.File and regex.fullmatch(i.path))
-    info = fs.get_file_info(path)
-    if info.type == FileType.File:
-        return [path]
-    if info.type == FileType.Directory:
-        infos = fs.get_file_info(FileSelector(path, recursive=True))
-        return sorted(i.path for i in infos if i.type == FileType.File and _is_fits_name(i.path))
-    raise FileNotFoundError(f"{path}: no such file or directory")
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    """Shell-style glob to regex: '*' and '?' stay within one directory, '**/' spans many."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
-            j = pattern.index("]", i + 1)
-            body = pattern[i + 1 : j]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
 # ----------------------------------------------------------------------------- public API
 def read_cutouts(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    paths: str | os.PathLike | Sequence[str | os.PathLike] | Inputs,
     bands: Sequence[str] | None = None,
     size: int | None = None,
     *,
     strict: bool = False,
     clean: bool = False,
+    geometry: bool = False,
     max_nonfinite: float = 0.1,
     override_num_blocks: int | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
@@ -278,7 +164,8 @@ def read_cutouts(
 
     Args:
         paths: files, directories (recursive FITS files), globs (``"dir/*.fits"``, ``"dir/**/x*.fits"``)
-            or URIs Ray's filesystems handle (``s3://``, ``gs://``), or a list of these.
+            or URIs Ray's filesystems handle (``s3://``, ``gs://``), or a list of these, or the
+            :class:`~pipeline.io.files.Inputs` that :func:`~pipeline.io.files.list_inputs` made.
         bands: band names to read, e.g. ``["VIS"]`` or ``["VIS", "NIR_H"]``: matched against
             EXTNAMEs (``VIS`` or ``VIS_FLUX``), shard BANDn keywords, or taken in file order from
             files whose planes carry no names (see :mod:`pipeline.io.decode`). None: every band.
@@ -287,11 +174,13 @@ def read_cutouts(
         strict: raise :class:`~pipeline.io.decode.CutoutReadError` on the first unreadable file or
             cutout instead of returning an error row.
         clean: also read the noiseless ``clean`` images of cube shards (error row otherwise).
+        geometry: also give each row its ``pixel_scale`` (arcsec/px from the WCS or a PIXSCALE
+            keyword, NaN when unknown) and ``band_names`` (from EXTNAMEs or BANDn keywords).
         max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
             below it they are replaced by the band median.
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
             has ~32 MiB of files or there are 4 tasks per CPU in the cluster (Ray's default split
-            of few big files into many blocks costs ~4x).
+            of few big files into many blocks is slower; docs/io.md).
         filesystem: a ``pyarrow.fs.FileSystem`` to use instead of inferring one from the paths.
         shuffle: ``"files"`` to read files in random order (Ray's file shuffle).
         ray_remote_args: Ray options of the read tasks (e.g. ``{"num_cpus": 0.5}``).
@@ -308,14 +197,15 @@ def read_cutouts(
         bands=tuple(bands) if bands is not None else None,
         size=size,
         clean=clean,
+        geometry=geometry,
         max_nonfinite=max_nonfinite,
         strict=strict,
     )
-    files, fs = expand_paths(paths, filesystem)
+    inputs = list_inputs(paths, filesystem)
     ensure_ray()
-    source = FitsDatasource(files, options, filesystem=fs, shuffle=shuffle)
+    source = FitsDatasource(inputs, options, shuffle=shuffle)
     if override_num_blocks is None:
-        override_num_blocks = _default_blocks(len(files), source.estimate_inmemory_data_size())
+        override_num_blocks = _default_blocks(len(inputs), source.estimate_inmemory_data_size())
     return ray.data.read_datasource(
         source, override_num_blocks=override_num_blocks, ray_remote_args=ray_remote_args or {}
     )

@@ -1,4 +1,4 @@
-"""The row schema shared by reading, training and inference (see docs/design in README).
+"""The row schema shared by reading, training and inference: every column name the layers share.
 
 One row per cutout. Every row carries every base column; a row that could not be read has
 ``error`` set to "<file>: <reason>" and an ``image`` that must not be used (all zeros).
@@ -20,13 +20,55 @@ ERROR = "error"  # str or None
 
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
+CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
+# Label columns of labelled (simulated) data: written by pipeline.simulate, learnt by the tasks of
+# pipeline.models.tasks; a class column holds the index of its class name.
+IS_LENS = "is_lens"  # 0/1
+SUBSTRUCTURE_CLASS = "substructure"  # index into SUBSTRUCTURE_CLASSES
+SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
+
+PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the row's image, NaN when unknown (geometry=True)
+BAND_NAMES = "band_names"  # str, the image's bands ("VIS", "g,r,i"), None when unnamed (geometry=True)
+CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
+
+
+PROVENANCE_PREFIX = "model_"  # + a stage's name: which weights computed the row's columns
+
+
+def provenance_column(stage: str) -> str:
+    """The provenance column of a stage: ``model_lens_detect`` for "lens-detect"."""
+    return PROVENANCE_PREFIX + stage.replace("-", "_")
+
+
+# ----------------------------------------------------------------------------- nulls
+# Arrow gives an all-null column the type "null", which NumPy has no dtype for: Ray Data hands
+# it to a NumPy batch function as float NaN, and blocks or files with and without it disagree
+# on the schema. The two functions below are the one fix, applied where batches enter a stage
+# (restore_nulls) and where tables are made (string_nulls).
+def restore_nulls(batch: dict) -> dict:
+    """``batch`` with its ``error`` column's nulls back (None) if it arrived as float NaN."""
+    err = batch.get(ERROR)
+    if err is not None and np.asarray(err).dtype.kind == "f":
+        return {**batch, ERROR: np.full(len(batch[ID]), None, dtype=object)}
+    return batch
+
+
+def string_nulls(table):
+    """A pyarrow table whose all-null (null-typed) columns are typed as strings, so every
+    block and file of one job has the same schema."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_null(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.string()))
+    return table
+
 
 def good_mask(batch: dict) -> np.ndarray:
-    """Boolean mask of rows in a NumPy batch that were read without error."""
+    """Boolean mask of rows in a NumPy batch that were read without error (a null error: None,
+    "" or a NaN that a conversion put in its place)."""
     err = batch.get(ERROR)
-    n = len(batch[ID])
     if err is None:
-        return np.ones(n, dtype=bool)
-    # Ray Data turns an all-null string column into float NaN: NaN means "no error" too.
+        return np.ones(len(batch[ID]), dtype=bool)
     return np.array([e is None or e == "" or (isinstance(e, float) and np.isnan(e)) for e in err],
                     dtype=bool)

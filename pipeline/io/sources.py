@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import schema
-from pipeline.io.decode import CLEAN, FITS_SUFFIXES, _locate, _native, file_stem
+from pipeline.io.decode import _native
+from pipeline.io.files import FITS_SUFFIXES, file_stem, locate
 
 ID_NAMES = ("id", "object_id", "objid", "objectid", "source_id", "sourceid")
 RA_NAMES = ("ra", "right_ascension", "ra_deg", "raj2000", "alpha_j2000")
 DEC_NAMES = ("dec", "declination", "dec_deg", "dej2000", "decj2000", "delta_j2000")
-RESERVED = frozenset(schema.BASE_COLUMNS) | {CLEAN}
+RESERVED = frozenset(schema.BASE_COLUMNS) | {schema.CLEAN}
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 
 
@@ -153,7 +154,7 @@ def _read(catalog: Any, name: str):
         return pa.table({str(k): np.asarray(v) for k, v in catalog.items()})
     if not isinstance(catalog, (str, os.PathLike)):
         raise TypeError(f"catalog must be a path, a Ray Dataset or a table, got {type(catalog)!r}")
-    fs, path = _locate(name, None)
+    fs, path = locate(name)
     if fs is None:
         from pyarrow.fs import LocalFileSystem
 

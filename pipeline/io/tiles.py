@@ -52,15 +52,8 @@ import numpy as np
 from ray.data.datasource import Datasource
 
 from pipeline.io import schema
-from pipeline.io.decode import (
-    _CORRUPT_HINTS,
-    CutoutReadError,
-    ReadOptions,
-    _finish,
-    _is_image,
-    _locate,
-)
-from pipeline.io.reader import _glob_regex, expand_paths
+from pipeline.io.decode import _CORRUPT_HINTS, CutoutReadError, ReadOptions, _finish, _is_image
+from pipeline.io.files import _glob_regex, list_inputs, locate
 from pipeline.io.sources import SourceCatalog, load_catalog
 
 if TYPE_CHECKING:
@@ -97,7 +90,7 @@ def open_tile(path: str, filesystem: Any = None):
     local paths or URIs (through ``pyarrow.fs``, with seekable reads). Closed on exit."""
     from astropy.io import fits
 
-    fs, where = _locate(path, filesystem)
+    fs, where = locate(path, filesystem)
     f = open(where, "rb") if fs is None else fs.open_input_file(where)
     try:
         with fits.open(f, memmap=False, lazy_load_hdus=True) as hdul:
@@ -156,15 +149,15 @@ def _tile_files(tiles, bands, filesystem) -> list[tuple[str, str | None]]:
     out: dict[str, str | None] = {}
     for item in map(os.fspath, given):
         if BAND_FIELD not in item:
-            out.update((f, None) for f in expand_paths(item, filesystem)[0])
+            out.update((f, None) for f in list_inputs(item, filesystem).files)
         elif bands:
             # The longest band wins a file two patterns match ('*_H' and '*_NIR_H' both match
             # 'T_NIR_H.fits'), so 'H' never takes NIR_H's tiles when both are asked for.
             for band in sorted(bands, key=len):
-                out.update((f, band) for f in expand_paths(item.replace(BAND_FIELD, band),
-                                                           filesystem)[0])
+                out.update((f, band) for f in list_inputs(item.replace(BAND_FIELD, band),
+                                                          filesystem).files)
         else:
-            files, _ = expand_paths(item.replace(BAND_FIELD, "*"), filesystem)
+            files = list_inputs(item.replace(BAND_FIELD, "*"), filesystem).files
             regex = _band_regex(item if "://" in item else os.path.abspath(item))
             for f in files:
                 m = regex.fullmatch(f.split("://", 1)[-1])
@@ -362,7 +355,7 @@ class TilePlan:
     @property
     def spec(self) -> dict[str, Any]:
         """What decides the rows besides bands and size (a resumed run must match it)."""
-        h = hashlib.sha256()
+        h = hashlib.blake2b(digest_size=8)  # a fingerprint, not a file hash
         for im in self.images:
             h.update(f"{im.path}|{im.hdu}|{im.band}|{im.shape}\n".encode())
         for arr in (self.catalog.ra, self.catalog.dec):
@@ -370,7 +363,7 @@ class TilePlan:
         h.update("\n".join(self.catalog.ids.tolist()).encode())
         return {"tiles.catalog": self.catalog.name, "tiles.rows": len(self.catalog),
                 "tiles.columns": self.catalog.extra.column_names,
-                "tiles.max_nonfinite": self.max_nonfinite, "tiles.digest": h.hexdigest()[:16]}
+                "tiles.max_nonfinite": self.max_nonfinite, "tiles.digest": h.hexdigest()}
 
     def counts(self) -> dict[str, int]:
         """Rows per unit (every catalogue row is in exactly one)."""

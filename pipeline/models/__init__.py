@@ -1,27 +1,47 @@
-"""Networks, their registry, checkpoints and inference.
+"""Networks, their registry, the tasks, checkpoints and inference.
 
-``create_model(name, **cfg)`` builds any registered network; ``save_checkpoint`` /
-``load_checkpoint`` / ``load_pretrained`` move them to and from safetensors + JSON; ``predict``
-turns survey images into catalogue columns with the normalisation stored in the config.
+``create_model(name, **kwargs)`` builds any registered network and ``model_info(name)`` says what
+lensray knows about it (its tasks, the stages it is the default for, its Tune search space, the
+network that initialises it); ``TASKS``/``STAGES`` are the tasks and stage names;
+``save_checkpoint`` / ``load_checkpoint`` / ``load_pretrained`` move networks to and from
+safetensors + JSON; ``predict`` turns survey images into catalogue columns with the normalisation
+stored in the config.
+
+Names load on first use (as in ``pipeline``): ``pipeline.models.tasks`` and
+``pipeline.models.registry`` import no torch, so the CLI and the stage specs on a driver read the
+vocabulary without loading a network.
 """
 
-from pipeline.models import cnn as _cnn  # noqa: F401  (registers models)
-from pipeline.models import towers as _towers  # noqa: F401  (registers models)
-from pipeline.models import unet as _unet  # noqa: F401  (registers models)
-from pipeline.models.checkpoint import (
-    STAGES,
-    WEIGHTS_DIR,
-    load_checkpoint,
-    load_pretrained,
-    save_checkpoint,
-)
-from pipeline.models.inference import default_device, fit_cutouts, predict
-from pipeline.models.normalize import DEFAULT_NORMALIZATION, denormalize, normalize
-from pipeline.models.registry import create_model, list_models, register_model
-from pipeline.models.tasks import TASKS, get_task
+from importlib import import_module
 
-__all__ = [
-    "DEFAULT_NORMALIZATION", "STAGES", "TASKS", "WEIGHTS_DIR", "create_model", "default_device",
-    "denormalize", "fit_cutouts", "get_task", "list_models", "load_checkpoint", "load_pretrained",
-    "normalize", "predict", "register_model", "save_checkpoint",
-]
+# NumPy only; imported now so that ``normalize`` names the function, not its module
+from pipeline.models.normalize import DEFAULT_NORMALIZATION, denormalize, normalize
+
+# public name -> module that defines it
+_LAZY = {
+    "STAGES": "pipeline.models.tasks",
+    "TASKS": "pipeline.models.tasks",
+    "get_task": "pipeline.models.tasks",
+    "create_model": "pipeline.models.registry",
+    "default_model": "pipeline.models.registry",
+    "list_models": "pipeline.models.registry",
+    "model_info": "pipeline.models.registry",
+    "model_kwargs": "pipeline.models.registry",
+    "register_model": "pipeline.models.registry",
+    "WEIGHTS_DIR": "pipeline.models.checkpoint",
+    "load_checkpoint": "pipeline.models.checkpoint",
+    "load_pretrained": "pipeline.models.checkpoint",
+    "pretrained_dir": "pipeline.models.checkpoint",
+    "save_checkpoint": "pipeline.models.checkpoint",
+    "default_device": "pipeline.models.inference",
+    "fit_cutouts": "pipeline.models.inference",
+    "predict": "pipeline.models.inference",
+}
+
+__all__ = ["DEFAULT_NORMALIZATION", "denormalize", "normalize", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Checkpoints: ``model.safetensors`` (tensors only, never pickle) + ``config.json``.
 
 The same directory is what training writes, what Ray Train reports, what a stage loads and
-what ships in ``pipeline/weights/<stage>/``.
+what ships in ``pipeline/weights/`` (where: :func:`pretrained_dir`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from pipeline.models.registry import create_model
+from pipeline.models.tasks import STAGES
+from pipeline.surveys import get_survey
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-STAGES = ("denoise", "lens-detect", "substructure")
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 REQUIRED_KEYS = ("task", "model", "model_kwargs", "bands", "size", "normalization")
 
@@ -62,11 +63,17 @@ def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     return model.to(device).eval(), config
 
 
-def load_pretrained(stage: str, device="cpu") -> tuple[nn.Module, dict]:
-    """Load the shipped weights of ``stage`` ('denoise', 'lens-detect', 'substructure')."""
+def pretrained_dir(stage: str, survey: str | None = None) -> Path:
+    """Where the shipped weights of ``stage`` for ``survey`` (None: the default) are."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
-    directory = WEIGHTS_DIR / stage
+    return WEIGHTS_DIR / get_survey(survey).weights / stage
+
+
+def load_pretrained(stage: str, device="cpu", survey: str | None = None) -> tuple[nn.Module, dict]:
+    """Load the shipped weights of ``stage`` (one of ``STAGES``) for ``survey`` (None: the
+    default survey, see ``pipeline.surveys``)."""
+    directory = pretrained_dir(stage, survey)
     if not (directory / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(
             f"{directory}: no shipped weights for stage {stage!r}; train them with "

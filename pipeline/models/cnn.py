@@ -83,7 +83,8 @@ class DeepLensResNet(_D4Averaged):
         return self.head(h.mean(dim=(-2, -1)))
 
 
-@register_model("lens-detect", "substructure")
+@register_model("lens-detect", "substructure",
+                search_space={"model.base_width": ("choice", [4, 8])})
 def deeplens_resnet(**cfg) -> nn.Module:
     """CMU DeepLens pre-activation bottleneck ResNet with ELU (Lanusse et al. 2018, arXiv
     1703.02642). Same topology as the paper; channel widths scaled by ``base_width`` (8 by
@@ -123,7 +124,9 @@ class LastroCNN(_D4Averaged):
         return self.classifier(self.features(x))
 
 
-@register_model("lens-detect", "substructure")
+@register_model("lens-detect", "substructure",
+                search_space={"model.dense": ("choice", [256, 512, 1024]),
+                              "model.dropout": ("uniform", 0.2, 0.5)})
 def lastro_cnn(**cfg) -> nn.Module:
     """LASTRO EPFL plain CNN (Schaefer et al. 2018, arXiv 1705.07132)."""
     return LastroCNN(**cfg)
@@ -174,7 +177,10 @@ class D4ResNet(_D4Averaged):
         return self.head(self.drop(pooled))
 
 
-@register_model("lens-detect", "substructure")
+@register_model("lens-detect", "substructure", default_for=("lens-detect", "substructure"),
+                search_space={"batch_size": ("choice", [32, 64]),
+                              "model.widths": ("choice", [[16, 32, 64], [24, 48, 96]]),
+                              "model.dropout": ("uniform", 0.0, 0.3)})
 def d4_resnet(**cfg) -> nn.Module:
     """Small pre-activation ResNet with D4 test-time averaging (exact rotation/flip
     invariance at inference), sized for CPU training."""

@@ -19,10 +19,10 @@ def default_device() -> torch.device:
 def default_chunk(device: torch.device) -> int:
     """Rows per forward pass when the caller does not say: 8 on CPU, 512 on a GPU.
 
-    On CPU, 8-row passes run every shipped network 2.0-2.3x faster per row than 256-row ones,
-    on one thread and on two (``benchmarks/forward_chunk.py``): a large pass's activations are
-    memory that glibc maps fresh and hands back on every call, so each one is page-faulted in
-    again (at 256 rows ~40% of the time is the kernel's). A GPU wants large batches.
+    On CPU, small passes run every shipped network faster per row than large ones: a large
+    pass's activations are memory that glibc maps fresh and hands back on every call, so each
+    one is page-faulted in again (docs/models.md, "Rows per forward pass", measured with
+    ``benchmarks/forward_chunk.py``). A GPU wants large batches.
     """
     return 512 if torch.device(device).type == "cuda" else 8
 
@@ -58,7 +58,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     x = check_images(images, config)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_size = batch_size or default_chunk(device)
-    # channels-last convolutions: 1.5-1.6x faster on CPU (oneDNN), measured; same results
+    # channels-last convolutions: oneDNN's fast path on CPU, same results (docs/models.md)
     model = model.to(device, memory_format=torch.channels_last).eval()
     z, sky, noise = normalize(x, config["normalization"])
     outs = []
@@ -68,7 +68,8 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
         n = len(chunk)
         # Pad to a power of two (at most batch_size): every new input shape costs the CPU
         # backend (oneDNN) cached kernels and heap that are never given back, so the
-        # candidate-only substructure batches (any size) grew an actor by ~10 MB per size.
+        # candidate-only substructure batches (any size) grew an actor with each new size
+        # (docs/cascade.md, "Batch shapes").
         padded = min(batch_size, 1 << (n - 1).bit_length())
         if padded > n:
             chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), chunk.dtype)])
@@ -79,8 +80,7 @@ def predict(model: nn.Module, config: dict, images: np.ndarray, device=None,
     if outs:
         out = np.concatenate(outs)
     else:  # no rows: keep the column shapes
-        shape = x.shape if task.name == "denoise" else (0, task.num_outputs(config))
-        out = np.zeros(shape, np.float32)
+        out = np.zeros((0, *task.output_shape(config, x.shape[1:])), np.float32)
     return task.decode(out, config, stats=(sky, noise))
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.models.registry import create_model, register_model
+from pipeline.models.tasks import get_task
 
 DEFAULT_TOWER = "d4_resnet"
 
@@ -87,17 +88,23 @@ class TwoTower(nn.Module):
         return torch.where(self.take, reg, base)
 
 
-@register_model("substructure")
+def _tower(kwargs: dict) -> tuple[str, dict]:
+    """The tower network (name, kwargs) whose trained checkpoint starts both towers."""
+    kw = {k: v for k, v in kwargs.items() if k not in ("tower", "num_classes", "regressor_targets")}
+    return kwargs.get("tower", DEFAULT_TOWER), kw
+
+
+def _task_kwargs(config: dict) -> dict:
+    """From a substructure config: the number of classes and the targets the regressor provides
+    (those of the classes it trains on, ``train_classes``; all by default)."""
+    classes = get_task(config["task"]).class_names(config)
+    keep = [classes.index(c) for c in config.get("train_classes") or classes]
+    return {"num_classes": len(classes),
+            "regressor_targets": [j for j, t in enumerate(config["targets"].values())
+                                  if t["class"] in keep]}
+
+
+@register_model("substructure", init_from=_tower, task_kwargs=_task_kwargs)
 def two_tower(**cfg) -> nn.Module:
     """Frozen classifier tower + fine-tuned regressor tower (see module docstring)."""
     return TwoTower(**cfg)
-
-
-def init_network(model_name: str, model_kwargs: dict) -> tuple[str, dict]:
-    """The network (name, kwargs) whose checkpoint can initialise ``model_name``: its tower for
-    ``two_tower``, else the model itself."""
-    if model_name != "two_tower":
-        return model_name, model_kwargs
-    kw = {k: v for k, v in model_kwargs.items()
-          if k not in ("tower", "num_classes", "regressor_targets")}
-    return model_kwargs.get("tower", DEFAULT_TOWER), kw

@@ -58,7 +58,8 @@ class UNet(nn.Module):
         return x + y if self.residual else y
 
 
-@register_model("denoise")
+@register_model("denoise", default_for=("denoise",),
+                search_space={"model.base": ("choice", [8, 16]), "model.depth": ("choice", [2, 3])})
 def unet_denoiser(**cfg) -> nn.Module:
     """Small UNet denoiser (bands in, bands out, residual)."""
     return UNet(**cfg)

@@ -10,11 +10,10 @@ conventions translated here:
 - EPL slope t = gamma - 1, Einstein radius identical;
 - Sersic: lenstronomy's radius is sqrt(q x^2 + y^2 / q), caustics' sqrt(x^2 + y^2 / q^2), so
   Re_caustics = R_sersic / sqrt(q); k from ``k_lenstronomy``;
-- surface brightness x pixel area = e-/s per pixel, binned from the supersampled grid, then the
-  Gaussian PSF at pixel resolution (lenstronomy's order for Gaussian PSFs).
+- surface brightness x pixel area = e-/s per pixel, binned from the supersampled grid; then
+  ``optics.observe`` (dust, stars, the scene's PSF at pixel resolution), as for lenstronomy.
 
-On a cluster the shards run on Ray actors that take a GPU each when the cluster has GPUs
-(``num_gpus=1``), else one CPU each.
+It only renders; ``generate`` runs it on Ray actors (a GPU each when the cluster has GPUs).
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ import math
 import numpy as np
 
 from pipeline.simulate.instruments import Preset
+from pipeline.simulate.optics import observe
 from pipeline.simulate.render import amplitudes, lens_kwargs
 from pipeline.simulate.scenes import Light, Scene
 
-BATCH = 32  # no gain beyond ~32 per vmap call on CPU (shared simulation notes)
+BATCH = 32  # no gain beyond ~32 scenes per vmap call on CPU (measured)
 _FAR = 1e3
 
 
@@ -135,20 +135,6 @@ class CausticsRenderer:
         self._x = xx.to(self.device, self.dtype)
         self._y = yy.to(self.device, self.dtype)
         self._pixel_area = pix**2
-        kernels = []
-        for band in preset.bands:
-            # As lenstronomy's GAUSSIAN PSF (supersampling_convolution=False): bin to pixels,
-            # then a Gaussian of radius int(5 sigma + 0.5) pixels with "nearest" edges.
-            sig = band.seeing / 2.3548200450309493 / pix
-            half = int(5 * sig + 0.5)
-            t = torch.arange(-half, half + 1, dtype=torch.float64)
-            g = torch.exp(-0.5 * (t / sig) ** 2)
-            k2 = torch.outer(g, g)
-            kernels.append(k2 / k2.sum())
-        half = max(k.shape[0] for k in kernels) // 2
-        self._pad = half
-        self._psf = torch.stack([torch.nn.functional.pad(k, [half - k.shape[0] // 2] * 4)
-                                 for k in kernels])[:, None].to(self.device, self.dtype)
         self._render = torch.vmap(self._render_one)
 
     # -- physics of one scene (vmapped) ------------------------------------------------------
@@ -184,15 +170,12 @@ class CausticsRenderer:
         light = self._sersic(light_s, x, y) + self._gauss(light_g, x, y)
         return self.torch.stack([arcs, light])  # (2, B, Hs, Ws) surface brightness
 
-    def _observe(self, sb):
-        """(N, 2, B, Hs, Ws) surface brightness -> PSF-convolved e-/s per pixel (N, 2, B, H, W)."""
-        f = self.torch.nn.functional
+    def _bin(self, sb):
+        """(N, 2, B, Hs, Ws) surface brightness -> e-/s per pixel (N, 2, B, H, W), no PSF."""
         n, two, nb, hs, ws = sb.shape
         s = self.preset.supersampling
-        binned = f.avg_pool2d(sb.reshape(n * two, nb, hs, ws), s) * self._pixel_area
-        padded = f.pad(binned, [self._pad] * 4, mode="replicate")
-        conv = f.conv2d(padded, self._psf, groups=nb)
-        return conv.reshape(n, two, nb, hs // s, ws // s)
+        binned = self.torch.nn.functional.avg_pool2d(sb.reshape(n * two, nb, hs, ws), s)
+        return (binned * self._pixel_area).reshape(n, two, nb, hs // s, ws // s)
 
     def render_batch(self, scenes: list[Scene]) -> tuple[np.ndarray, np.ndarray]:
         """Noiseless images and lensed-source parts, each (N, B, H, W) float64 e-/s."""
@@ -203,9 +186,10 @@ class CausticsRenderer:
         args = [torch.as_tensor(packed[k], dtype=self.dtype, device=self.device) for k in order]
         with torch.no_grad():
             sb = self._render(*args)
-            out = self._observe(torch.nan_to_num(sb)).double().cpu().numpy()
-        arcs, light = out[:, 0], out[:, 1]
-        return arcs + light, arcs
+            out = self._bin(torch.nan_to_num(sb)).double().cpu().numpy()
+        seen = [observe(s, light, arcs, self.preset)
+                for s, arcs, light in zip(scenes, out[:, 0], out[:, 1], strict=True)]
+        return np.stack([r.clean for r in seen]), np.stack([r.arcs for r in seen])
 
     def render_many(self, scenes: list[Scene], batch: int = BATCH):
         """Render in batches of similar scenes (few padded profile slots), in the input order."""
@@ -220,37 +204,3 @@ class CausticsRenderer:
             idx = order[i: i + batch]
             clean[idx], arcs[idx] = self.render_batch([scenes[j] for j in idx])
         return clean, arcs
-
-
-class CausticsShardMaker:
-    """A Ray actor body: keeps one renderer (and its device) alive across shards."""
-
-    def __init__(self, preset: Preset):
-        self.renderer = CausticsRenderer(preset)
-
-    def make_shard(self, cfg, spec) -> dict:
-        from pipeline.simulate.generate import finish_shard, shard_scenes
-
-        scenes, rngs = shard_scenes(cfg, spec)
-        clean, arcs = self.renderer.render_many(scenes)
-        return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
-
-
-def submit_caustics(cfg, specs):
-    """Start caustics actors (one GPU each when the cluster has GPUs) and submit every shard.
-
-    Returns (object refs, actors); the caller kills the actors when the refs are done.
-    """
-    import ray
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    if gpus:
-        n_actors, opts = min(gpus, len(specs)), {"num_gpus": 1, "num_cpus": 1}
-    else:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        n_actors, opts = max(1, min(cpus // 2, len(specs))), {"num_cpus": 1}
-    actor_cls = ray.remote(**opts)(CausticsShardMaker)
-    actors = [actor_cls.remote(cfg.preset) for _ in range(n_actors)]
-    cfg_ref = ray.put(cfg)
-    refs = [actors[i % n_actors].make_shard.remote(cfg_ref, s) for i, s in enumerate(specs)]
-    return refs, actors

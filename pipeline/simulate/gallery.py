@@ -102,6 +102,67 @@ def save_residual_gallery(png: str | os.PathLike, preset_name: str = "euclid-vis
     return _save(fig, png)
 
 
+def save_field_gallery(png: str | os.PathLike, preset_name: str = "euclid-vis", per_row: int = 4,
+                       seed: int = 0) -> pathlib.Path:
+    """The lens task's priors at a glance: rows of main-galaxy types, surroundings, hard
+    negatives and matched pairs (a lens beside the same cutout without its source), each as
+    observed (its own PSF, correlated noise and artefacts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.simulate import default_priors, get_preset
+    from pipeline.simulate.artefacts import add_artefacts
+    from pipeline.simulate.noise import add_noise
+    from pipeline.simulate.priors import HARD_NEGATIVES
+    from pipeline.simulate.render import LenstronomyRenderer
+    from pipeline.simulate.scenes import sample_scene, unlensed
+
+    preset, priors = get_preset(preset_name), default_priors(preset_name)
+    r = LenstronomyRenderer(preset)
+    rng = np.random.default_rng(seed)
+    rows = {"one Sérsic (n 0.5-6)": lambda s: s.labels["galaxy_type"] == "sersic",
+            "bulge + disk": lambda s: s.labels["galaxy_type"] == "disk",
+            "+ bar": lambda s: "bar" in s.labels["galaxy_type"],
+            "+ spiral arms": lambda s: "arms" in s.labels["galaxy_type"],
+            "+ dust lane": lambda s: "dust" in s.labels["galaxy_type"],
+            "neighbours": lambda s: s.labels["n_neighbours"] >= 2,
+            "stars": lambda s: s.labels["n_stars"] > 0}
+    picked: dict[str, list] = {k: [] for k in rows}
+    for _ in range(2000):
+        s = sample_scene(rng, preset, priors, "lens", "galaxy")
+        for name, want in rows.items():
+            if len(picked[name]) < per_row and want(s):
+                picked[name].append((s, ""))
+                break
+        if all(len(v) == per_row for v in picked.values()):
+            break
+    picked["hard negatives"] = [(sample_scene(rng, preset, priors, "lens", k), k)
+                                for k in HARD_NEGATIVES[:per_row]]
+    for i in range(2):
+        pairs = []
+        for _ in range(per_row // 2):
+            s = sample_scene(rng, preset, priors, "lens", "lens")
+            pairs += [(s, f"lens θE={s.labels['theta_e']:.1f}\""), (unlensed(s), "its twin")]
+        picked[f"matched pairs {i + 1}"] = pairs
+    fig, axes = plt.subplots(len(picked), per_row, figsize=(1.8 * per_row, 1.9 * len(picked)),
+                             squeeze=False)
+    for k, (name, scenes) in enumerate(picked.items()):
+        for c, ax in enumerate(axes[k]):
+            ax.set_axis_off()
+            if c >= len(scenes):
+                continue
+            scene, title = scenes[c]
+            img = add_noise(rng, r.render(scene).clean, preset.bands, scene.noise_corr)
+            add_artefacts(rng, img, preset)
+            ax.imshow(_display(img), origin="lower", cmap="gray", interpolation="nearest")
+            ax.set_title(title or (name if c == 0 else scene.labels["galaxy_type"]), fontsize=7)
+    fig.suptitle(f"{preset.name}: the lens task's galaxy field (pipeline/simulate/priors.py)",
+                 fontsize=9)
+    return _save(fig, png)
+
+
 def _save(fig, png: str | os.PathLike) -> pathlib.Path:
     import matplotlib.pyplot as plt
 

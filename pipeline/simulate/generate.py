@@ -18,12 +18,17 @@ its own noise (``spawn_key=(split, shard, group, class)``). Every class then has
 distribution of lenses, as in an unmatched set, but within the set a lens's appearance carries no
 information about its class, so a network cannot reduce its loss by memorising lenses: it has to
 find the substructure. This is what makes the substructure task learnable from ~10^4 images.
+
+**Matched** lens sets render every lens twice in a group of two consecutive rows, with and
+without its lensed source (``scenes.unlensed``: same galaxy, neighbours, stars, PSF and noise
+model; each row its own noise and artefacts), so only the arc separates the classes. A fraction
+``priors.hard_negative_fraction`` of the rows are extra hard negatives (spirals, rings, close
+companions, blends; single rows in the proportions of ``priors.nonlens_kinds``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -33,9 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.io.files import sha256_file
 from pipeline.simulate.instruments import ConfigError, Preset, get_preset
-from pipeline.simulate.priors import Priors, default_priors
-from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene
+from pipeline.simulate.priors import HARD_NEGATIVES, LENS_KIND, Priors, default_priors
+from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene, unlensed
 
 TASKS = ("lens", "substructure")
 BACKENDS = ("lenstronomy", "caustics")
@@ -100,12 +106,16 @@ def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None =
     elif isinstance(priors, dict):
         priors = default_priors(preset).replace(**priors)
     priors.validate(p)
-    if matched:
+    if matched and task == "substructure":
         fractions = set(priors.class_fractions(task).values())
-        if task != "substructure" or len(fractions) != 1:
-            raise ConfigError("matched sets are for the substructure task with equal class "
-                              f"fractions (got task {task!r}, fractions "
+        if len(fractions) != 1:
+            raise ConfigError("matched substructure sets need equal class fractions (got "
                               f"{priors.class_fractions(task)})")
+    if matched and task == "lens" and not sum(priors.nonlens_kinds.get(k, 0)
+                                              for k in HARD_NEGATIVES) \
+            and priors.hard_negative_fraction > 0:
+        raise ConfigError("matched lens sets with hard_negative_fraction > 0 need some weight "
+                          f"on the hard-negative kinds {HARD_NEGATIVES} in nonlens_kinds")
     return SimConfig(p, task, int(n), int(seed), priors, int(shard_size), fr, bool(clean), backend,
                      bool(matched))
 
@@ -159,10 +169,37 @@ def shard_scenes(cfg: SimConfig, spec: ShardSpec):
     return scenes, rngs
 
 
+def _matched_lens_scenes(cfg: SimConfig, spec: ShardSpec):
+    """Pairs of consecutive rows (a lens and the same cutout without its source, in random
+    order) and single hard-negative rows, groups in random order (module doc)."""
+    p = cfg.priors
+    order = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key))
+    n_hard = int(round(p.hard_negative_fraction * spec.n))
+    n_hard += (spec.n - n_hard) % 2  # pairs fill the rest
+    hard = {k: p.nonlens_kinds.get(k, 0.0) for k in HARD_NEGATIVES}
+    total = sum(hard.values()) or 1.0
+    kinds = allocate(n_hard, {k: v / total for k, v in hard.items()}, order) if n_hard else []
+    groups = [("pair", None)] * ((spec.n - n_hard) // 2) + [("hard", k) for k in kinds]
+    scenes, rngs = [], []
+    for g in order.permutation(len(groups)):
+        key = (*spec.spawn_key, int(g))
+        what, kind = groups[g]
+        scene = sample_scene(np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key)),
+                             cfg.preset, p, cfg.task, LENS_KIND if what == "pair" else kind)
+        pair = [scene, unlensed(scene)] if what == "pair" else [scene]
+        for j in order.permutation(len(pair)):
+            scenes.append(pair[j])
+            rngs.append(np.random.default_rng(
+                np.random.SeedSequence(cfg.seed, spawn_key=(*key, 1 + int(j)))))
+    return scenes, rngs
+
+
 def _matched_scenes(cfg: SimConfig, spec: ShardSpec):
     """Groups of consecutive rows holding one lens in every class (in random order; a shard's
     last group may be partial). A scene draws its lens first, so rows of a group that start from
     the same stream share the lens; each row's noise comes from a stream of its own."""
+    if cfg.task == "lens":
+        return _matched_lens_scenes(cfg, spec)
     classes = list(cfg.priors.class_fractions(cfg.task))
     order = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=spec.spawn_key))
     scenes, rngs = [], []
@@ -179,13 +216,17 @@ def _matched_scenes(cfg: SimConfig, spec: ShardSpec):
 def finish_shard(cfg: SimConfig, spec: ShardSpec, scenes, rngs, clean_imgs, arcs) -> dict:
     """Add noise, compute arc S/N, write the FITS shard; return its manifest entry."""
     from pipeline.io import write_cube_shard
+    from pipeline.simulate.artefacts import add_artefacts
     from pipeline.simulate.noise import add_noise, arc_snr
 
     bands = cfg.preset.bands
     images = np.empty((spec.n, len(bands), cfg.preset.size, cfg.preset.size), np.float32)
     labels = []
     for i, (scene, rng) in enumerate(zip(scenes, rngs, strict=True)):
-        images[i] = add_noise(rng, clean_imgs[i], bands)
+        noisy = add_noise(rng, clean_imgs[i], bands, scene.noise_corr)
+        if scene.artefacts:
+            add_artefacts(rng, noisy, cfg.preset)
+        images[i] = noisy
         lab = dict(scene.labels)
         if scene.lens:
             lab["snr_arcs"] = arc_snr(arcs[i], clean_imgs[i], bands)
@@ -200,7 +241,7 @@ def finish_shard(cfg: SimConfig, spec: ShardSpec, scenes, rngs, clean_imgs, arcs
                             clean=clean_imgs.astype(np.float32) if cfg.clean else None,
                             header=header, overwrite=True)
     classes = Counter(lab[cfg.class_column()] for lab in labels)
-    return {"path": str(path), "split": spec.split, "n": spec.n, "sha256": _sha256(path),
+    return {"path": str(path), "split": spec.split, "n": spec.n, "sha256": sha256_file(path),
             "spawn_key": list(spec.spawn_key), "counts": dict(sorted(classes.items()))}
 
 
@@ -216,14 +257,6 @@ def make_shard(cfg: SimConfig, spec: ShardSpec) -> dict:
         r = renderer.render(scene)
         clean[i], arcs[i] = r.clean, r.arcs
     return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -292,7 +325,8 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
         clean: also store the noiseless images (CLEAN HDU) for denoiser training.
         backend: ``lenstronomy`` (Ray CPU tasks) or ``caustics`` (PyTorch Ray actors; GPU when
             the cluster has one).
-        matched: substructure task only: every lens rendered once per class (see module doc).
+        matched: every lens rendered once per class (substructure) or with and without its
+            source (lens task, plus extra hard negatives) (see module doc).
         overwrite: replace an existing output directory's manifest and shards.
         progress: tqdm bar over finished shards.
 
@@ -327,6 +361,40 @@ def _jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
+class CausticsShardMaker:
+    """A Ray actor body: keeps one caustics renderer (and its device) alive across shards."""
+
+    def __init__(self, preset: Preset):
+        from pipeline.simulate.caustics_backend import CausticsRenderer
+
+        self.renderer = CausticsRenderer(preset)
+
+    def make_shard(self, cfg: SimConfig, spec: ShardSpec) -> dict:
+        scenes, rngs = shard_scenes(cfg, spec)
+        clean, arcs = self.renderer.render_many(scenes)
+        return finish_shard(cfg, spec, scenes, rngs, clean, arcs)
+
+
+def _submit_caustics(cfg: SimConfig, specs: list[ShardSpec]):
+    """Start caustics actors (one GPU each when the cluster has GPUs) and submit every shard.
+
+    Returns (object refs, actors); the caller kills the actors when the refs are done.
+    """
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        n_actors, opts = min(gpus, len(specs)), {"num_gpus": 1, "num_cpus": 1}
+    else:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n_actors, opts = max(1, min(cpus // 2, len(specs))), {"num_cpus": 1}
+    actor_cls = ray.remote(**opts)(CausticsShardMaker)
+    actors = [actor_cls.remote(cfg.preset) for _ in range(n_actors)]
+    cfg_ref = ray.put(cfg)
+    refs = [actors[i % n_actors].make_shard.remote(cfg_ref, s) for i, s in enumerate(specs)]
+    return refs, actors
+
+
 def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
     """Make every shard on Ray, with a progress bar over finished shards."""
     from tqdm.auto import tqdm
@@ -336,9 +404,7 @@ def _run(cfg: SimConfig, specs: list[ShardSpec], progress: bool) -> list[dict]:
     ray = ensure_ray()
     actors = []
     if cfg.backend == "caustics":
-        from pipeline.simulate.caustics_backend import submit_caustics
-
-        pending, actors = submit_caustics(cfg, specs)
+        pending, actors = _submit_caustics(cfg, specs)
     else:
         task = ray.remote(num_cpus=1, max_retries=2)(make_shard)
         cfg_ref = ray.put(cfg)

@@ -12,24 +12,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from pipeline.io.schema import SUBSTRUCTURE_CLASSES
 from pipeline.simulate.instruments import ConfigError, Preset
 
 Range = tuple[float, float]
 
 # ----------------------------------------------------------------------------- classes
 # Lens task: the lens fraction is a Priors field; the non-lenses split as below (fractions of the
-# non-lens part). Hard negatives are about half of the non-lenses.
+# non-lens part). Every kind starts from the same galaxy field (main galaxy, neighbours, faint
+# galaxies, stars: see the "galaxy field" priors); the hard negatives add what looks like lensing.
 NONLENS_KINDS: dict[str, float] = {
-    "elliptical": 0.45,  # plain early-type galaxy: the lens galaxy population without a source
-    "spiral": 0.15,  # bulge + exponential disk + two clumpy logarithmic arms (arc-like)
-    "ring_galaxy": 0.10,  # nucleus + clumpy star-forming ring (Einstein-ring-like)
-    "companion": 0.15,  # elliptical with 1-2 close unlensed neighbours
-    "background_blend": 0.15,  # elliptical + an unlensed faint blue galaxy behind/next to it
+    "galaxy": 0.5,  # the field alone: the lens galaxy population without a source
+    "spiral": 0.15,  # a disk with bright clumpy blue arms (arc-like)
+    "ring_galaxy": 0.10,  # a clumpy blue star-forming ring around the galaxy (ring-like)
+    "companion": 0.10,  # 1-2 close unlensed neighbours (multiple-image-like)
+    "background_blend": 0.15,  # an unlensed blue source-like galaxy beside the main one
 }
+HARD_NEGATIVES = ("spiral", "ring_galaxy", "companion", "background_blend")
 LENS_KIND = "lens"
 
-# Substructure task: three classes as DeepLense.
-SUBSTRUCTURE_CLASSES: tuple[str, ...] = ("no_sub", "cdm", "vortex")
+# Substructure task: three classes as DeepLense (SUBSTRUCTURE_CLASSES, named with the other label
+# columns in pipeline.io.schema).
 
 # ----------------------------------------------------------------------------- colours
 # Colours relative to the reference band (mag offset per band), for the ground-gri preset:
@@ -64,10 +67,46 @@ class Priors:
     z_lens: Range = (0.2, 0.9)
     z_source: Range = (0.8, 3.0)  # drawn on [max(lo, z_lens + dz_min), hi]
     dz_min: float = 0.3
-    # --- deflector light (Sersic), shared by lenses and every non-lens so it is no cue
+    # --- substructure task: deflector light (early-type Sersic)
     mag_lens: Range = (18.0, 21.5)
     r_eff_lens: Range = (0.3, 1.5)
     n_lens: Range = (3.0, 5.0)
+    # --- lens task: the galaxy field, one prior for the deflectors of lenses and the galaxies of
+    # non-lenses alike, so size, brightness, profile and surroundings carry no label information
+    disk_fraction: float = 0.5  # bulge + disk galaxies (else one Sersic of any index)
+    mag_galaxy: Range = (17.0, 22.0)  # total magnitude of the main galaxy
+    r_eff_galaxy: Range = (0.15, 2.0)  # (") log-uniform; large ones fill the cutout
+    n_galaxy: Range = (0.5, 6.0)  # Sersic index of one-component galaxies
+    q_galaxy: Range = (0.3, 1.0)
+    bulge_fraction: Range = (0.05, 0.7)  # bulge-to-total flux of disks
+    n_bulge: Range = (1.5, 4.0)
+    n_disk: Range = (0.5, 1.5)
+    bulge_size: Range = (0.1, 0.5)  # bulge R_eff / disk R_eff
+    q_disk: Range = (0.15, 1.0)  # edge-on to face-on
+    twist_deg: float = 30.0  # bulge PA = disk PA + N(0, this): isophote twists
+    bar_fraction: float = 0.3  # of disks
+    bar_flux: Range = (0.05, 0.15)
+    bar_length: Range = (0.4, 1.0)  # x disk R_eff
+    bar_q: Range = (0.15, 0.35)
+    arms_fraction: float = 0.7  # of disks: clumpy spiral arms (2-4 of them)
+    arms_flux: Range = (0.08, 0.35)
+    knots_fraction: float = 0.5  # of disks: star-forming knots scattered over the disk
+    knots_flux: Range = (0.05, 0.25)
+    inner_ring_fraction: float = 0.15  # of disks: a resonance ring at 0.5-1.5 disk radii
+    inner_ring_flux: Range = (0.05, 0.2)
+    strong_arms_flux: Range = (0.2, 0.5)  # the spiral hard negative
+    dust_fraction: float = 0.4  # of inclined disks (q < 0.6): a dust lane
+    dust_tau: Range = (0.5, 2.0)  # central optical depth of the lane (reference band)
+    neighbour_fraction: float = 0.5  # cutouts with 1..max_neighbours neighbours
+    max_neighbours: int = 3
+    neighbour_sep: Range = (1.0, 3.2)  # (")
+    neighbour_dmag: Range = (0.0, 4.0)  # neighbour minus main galaxy magnitude
+    neighbour_r_eff: Range = (0.1, 0.8)  # (") log-uniform
+    faint_galaxies: float = 1.5  # mean number (Poisson) of faint field galaxies per cutout
+    mag_faint: Range = (23.0, 26.0)
+    star_fraction: float = 0.25  # cutouts with 1-2 foreground stars
+    mag_star: Range = (16.0, 23.0)  # bright ones saturate and show spikes (space presets)
+    hard_negative_fraction: float = 0.2  # matched lens sets: extra hard negatives, of all rows
     # --- source (Sersic + Gaussian star-forming clumps)
     mag_source: Range = (21.5, 26.0)  # unlensed, lens task: spans faint to bright arcs
     mag_source_substructure: Range = (20.5, 23.0)  # substructure task: bright arcs
@@ -80,14 +119,12 @@ class Priors:
     max_clumps_substructure: int = 0  # smooth sources: clumps would mimic subhalo perturbations
     clump_flux: Range = (0.05, 0.2)
     clump_sigma: Range = (0.02, 0.08)
-    # --- non-lens extras
-    companion_sep: Range = (1.0, 3.0)  # (") neighbour distance, 1-2 neighbours
-    companion_dmag: Range = (0.0, 2.5)  # neighbour magnitude minus lens-galaxy magnitude
-    blend_sep: Range = (0.3, 2.0)  # (") unlensed background galaxy distance
-    ring_radius: Range = (0.6, 2.0)  # (") ring galaxy ring radius
-    ring_flux_fraction: Range = (0.3, 0.7)  # fraction of the galaxy's flux in the ring
+    # --- hard negatives (added to the galaxy field)
+    companion_sep: Range = (0.5, 2.0)  # (") close neighbours, 1-2 of them
+    blend_sep: Range = (0.3, 2.0)  # (") unlensed blue source-like galaxy
+    ring_radius: Range = (0.6, 2.0)  # (") star-forming ring
+    ring_flux_fraction: Range = (0.1, 0.4)  # ring flux / (ring + galaxy) flux
     spiral_pitch_deg: Range = (10.0, 25.0)
-    spiral_arm_flux_fraction: Range = (0.2, 0.5)
     # --- substructure (point-mass subhalos; DeepLense-like)
     sigma_sub: Range = (0.05, 0.2)  # CDM normalisation (kpc^-2) of dN/dm dA at m0 = 1e8 (see docs)
     m_sub: Range = (1e8, 1e10)  # subhalo mass range (M_sun), power law dN/dm ~ m^alpha
@@ -120,11 +157,12 @@ class Priors:
                 if len(v) != 2 or not v[0] <= v[1]:
                     raise ConfigError(f"prior {f.name}={v}: need (lo, hi) with lo <= hi")
         positive = ("theta_e", "theta_e_substructure", "r_eff_lens", "r_eff_source", "n_lens",
-                    "n_source", "clump_sigma", "m_sub", "ring_radius", "companion_sep")
+                    "n_source", "clump_sigma", "m_sub", "ring_radius", "companion_sep",
+                    "r_eff_galaxy", "n_galaxy", "neighbour_r_eff", "neighbour_sep", "bulge_size")
         for name in positive:
             if getattr(self, name)[0] <= 0:
                 raise ConfigError(f"prior {name}={getattr(self, name)} must be > 0")
-        for name in ("q_lens", "q_source"):
+        for name in ("q_lens", "q_source", "q_galaxy", "q_disk", "bar_q"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 raise ConfigError(f"prior {name}=({lo}, {hi}): axis ratios must lie in (0, 1]")
@@ -142,8 +180,12 @@ class Priors:
                     f"prior {name}={getattr(self, name)}: Einstein radius beyond the "
                     f"{preset.fov:.1f}\" field of preset {preset.name!r} at {preset.size} px"
                 )
-        if not 0 <= self.lens_fraction <= 1:
-            raise ConfigError(f"prior lens_fraction={self.lens_fraction} must be in [0, 1]")
+        for name in ("lens_fraction", "disk_fraction", "bar_fraction", "arms_fraction",
+                     "knots_fraction", "inner_ring_fraction",
+                     "dust_fraction", "neighbour_fraction", "star_fraction",
+                     "hard_negative_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"prior {name}={getattr(self, name)} must be in [0, 1]")
         for name in ("nonlens_kinds", "substructure_fractions"):
             fr = getattr(self, name)
             if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1) > 1e-6:
@@ -169,9 +211,13 @@ class Priors:
 
 
 # Per-preset defaults: seeing-limited data need larger Einstein radii to show arcs at all.
+# Their galaxy fields span their own cutouts (12.8" on the ground, 5.1" for HST).
 PRESET_PRIORS: dict[str, dict] = {
-    "ground-gri": {"theta_e": (0.8, 3.0), "theta_e_substructure": (1.5, 3.0)},
-    "hst": {"theta_e": (0.5, 1.8), "theta_e_substructure": (1.0, 1.6)},
+    "ground-gri": {"theta_e": (0.8, 3.0), "theta_e_substructure": (1.5, 3.0),
+                   "r_eff_galaxy": (0.3, 4.0), "neighbour_sep": (2.0, 6.4),
+                   "mag_star": (14.0, 23.0)},
+    "hst": {"theta_e": (0.5, 1.8), "theta_e_substructure": (1.0, 1.6),
+            "r_eff_galaxy": (0.15, 1.6), "neighbour_sep": (0.8, 2.5)},
 }
 
 

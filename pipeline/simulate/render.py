@@ -1,30 +1,22 @@
 """The lenstronomy backend: renders a :class:`~pipeline.simulate.scenes.Scene` to pixels.
 
 One ``ImageModel`` per band and per model structure (profile name lists) is built once and
-cached, so rendering a scene costs only the profile evaluations (a few ms at 64 px).
+cached, so rendering a scene costs only the profile evaluations (a few ms at 64 px). Light is
+binned to pixels without a PSF; ``optics.observe`` adds dust, stars and the scene's own PSF.
 Point-mass substructure is padded to a multiple of ``PM_BLOCK`` massless point masses so that
 the cache holds few structures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from pipeline.simulate.instruments import Band, Preset
+from pipeline.simulate.optics import Rendered, observe
 from pipeline.simulate.scenes import Light, Scene
 
 PM_BLOCK = 32
 _FAR = 1e3  # where padding point masses (theta_E = 0) sit, far outside the field
-
-
-@dataclass
-class Rendered:
-    """Noiseless images (B, H, W) in e-/s: the total and the lensed-source part alone."""
-
-    clean: np.ndarray
-    arcs: np.ndarray
 
 
 def amplitudes(light_model, comps: list[Light], band: Band) -> list[dict]:
@@ -56,7 +48,7 @@ def lens_kwargs(scene: Scene) -> tuple[list[str], list[dict]]:
 
 
 class LenstronomyRenderer:
-    """Render scenes of one preset with lenstronomy (Gaussian PSF, supersampling)."""
+    """Render scenes of one preset with lenstronomy (supersampled, then observed)."""
 
     def __init__(self, preset: Preset):
         from lenstronomy.Data.imaging_data import ImageData
@@ -70,7 +62,7 @@ class LenstronomyRenderer:
             kw = data_configure_simple(preset.size, band.pixel_scale, exposure_time=1.0,
                                        background_rms=1.0, center_ra=0.0, center_dec=0.0)
             self._data.append(ImageData(**kw))
-            self._psf.append(PSF(psf_type="GAUSSIAN", fwhm=band.seeing))
+            self._psf.append(PSF(psf_type="NONE"))
         self._numerics = {"supersampling_factor": preset.supersampling}
         self._cache: dict[tuple, tuple] = {}
 
@@ -96,14 +88,12 @@ class LenstronomyRenderer:
         ims, src_model, light_model = self._models(
             lens_names, [c.profile for c in scene.source], [c.profile for c in scene.light])
         shape = (len(self.preset.bands), self.preset.size, self.preset.size)
-        clean = np.zeros(shape)
+        light = np.zeros(shape)
         arcs = np.zeros(shape)
         for b, (band, im) in enumerate(zip(self.preset.bands, ims, strict=True)):
             if scene.source:
                 kw_src = amplitudes(src_model, scene.source, band)
-                arcs[b] = im.source_surface_brightness(kw_src, kw_lens) if scene.lens else \
-                    im.source_surface_brightness(kw_src, None)
+                arcs[b] = im.source_surface_brightness(kw_src, kw_lens if scene.lens else None)
             if scene.light:
-                clean[b] = im.lens_surface_brightness(amplitudes(light_model, scene.light, band))
-        clean += arcs
-        return Rendered(clean, arcs)
+                light[b] = im.lens_surface_brightness(amplitudes(light_model, scene.light, band))
+        return observe(scene, light, arcs, self.preset)

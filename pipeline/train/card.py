@@ -1,18 +1,18 @@
 """Ship a trained checkpoint as the package's pretrained weights, with a model card.
 
-``ship(checkpoint, stage)`` copies ``model.safetensors`` + ``config.json`` into
-``pipeline/weights/<stage>/`` and writes ``MODEL_CARD.md`` from the config: training data preset
+``ship(checkpoint, stage)`` copies ``model.safetensors`` + ``config.json`` into the stage's
+shipped-weights directory (``pipeline.models.pretrained_dir``) and writes ``MODEL_CARD.md`` from the config: training data preset
 and seed, recipe command, held-out TEST metrics, size, checksum and date.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from pipeline.models.checkpoint import CONFIG_FILE, STAGES, WEIGHTS_DIR, WEIGHTS_FILE
+from pipeline.io.files import sha256_file
+from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, pretrained_dir
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -28,7 +28,7 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
     from pipeline.models import create_model
 
     n = sum(p.numel() for p in create_model(config["model"], **config["model_kwargs"]).parameters())
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    sha = sha256_file(weights)
     tr = config.get("trained", {})
     m = dict(config.get("metrics") or {})
     lines = [
@@ -65,15 +65,16 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def ship(checkpoint, stage: str, sections: list[str] = (), dest=None) -> Path:
-    """Copy a checkpoint into ``pipeline/weights/<stage>/`` and write its model card."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+def ship(checkpoint, stage: str, sections: list[str] = (), dest=None,
+         survey: str | None = None) -> Path:
+    """Copy a checkpoint into the shipped weights of ``stage`` for ``survey`` (None: the
+    default; or into ``dest``) and write its model card."""
+    default_dest = pretrained_dir(stage, survey)  # also checks the stage name
     src = Path(checkpoint)
     config = json.loads((src / CONFIG_FILE).read_text())
     if config["task"] != stage:
         raise ValueError(f"{src}: checkpoint is for stage {config['task']!r}, not {stage!r}")
-    dest = Path(dest) if dest else WEIGHTS_DIR / stage
+    dest = Path(dest) if dest else default_dest
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / WEIGHTS_FILE, dest / WEIGHTS_FILE)
     shutil.copyfile(src / CONFIG_FILE, dest / CONFIG_FILE)

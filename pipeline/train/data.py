@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.schema import IMAGE, good_mask
+from pipeline.io.files import is_fits_name
+from pipeline.io.schema import CLEAN, IMAGE, good_mask
 from pipeline.models.normalize import normalize
 from pipeline.models.tasks import get_task
 
@@ -22,7 +23,7 @@ SPLITS = ("train", "val", "test")
 def split_paths(data_dir, split: str) -> list[str]:
     """Sorted shard files of one split; a clear error if the split is missing or empty."""
     d = Path(data_dir) / split
-    files = sorted(str(p) for p in d.glob("*.fits"))
+    files = sorted(str(p) for p in d.glob("*") if p.is_file() and is_fits_name(p.name))
     if not files:
         raise FileNotFoundError(f"{d}: no FITS shards for split {split!r} (expected "
                                 f"{d}/shard-*.fits as written by `lensray simulate`)")
@@ -42,8 +43,8 @@ def read_manifest(data_dir) -> dict:
 
 class PrepareBatch:
     """Ray Data batch function: drop error rows (and, with ``keep_classes``, rows of other
-    classes), normalise images to ``x``, keep the task's label columns (the denoiser's clean
-    target normalised with its noisy input's statistics)."""
+    classes), normalise images to ``x``, keep the task's label columns (image labels, such as
+    the denoiser's clean target, normalised with their input's statistics)."""
 
     def __init__(self, task: str, normalization: dict, keep_classes=None):
         self.task = get_task(task)
@@ -54,7 +55,7 @@ class PrepareBatch:
     def __call__(self, batch: dict) -> dict:
         good = good_mask(batch)
         if self.keep is not None:
-            good &= np.isin(np.asarray(batch[self.task.label_columns[0]]), self.keep)
+            good &= np.isin(np.asarray(batch[self.task.class_column]), self.keep)
         img = np.asarray(batch[IMAGE])[good]
         x, sky, noise = normalize(img, self.normalization)
         out = {"x": x}
@@ -63,7 +64,7 @@ class PrepareBatch:
                 raise ValueError(f"training data lack label column {col!r} needed by task "
                                  f"{self.task.name!r} (columns: {sorted(batch)})")
             v = np.asarray(batch[col])[good]
-            if col == "clean":
+            if col in self.task.image_labels:
                 v = normalize(v, self.normalization, stats=(sky, noise))[0]
             elif v.dtype.kind in "biu":
                 v = v.astype(np.int64)
@@ -78,7 +79,7 @@ def load_split(data_dir, split: str, task: str, config: dict):
     from pipeline.io import read_cutouts
 
     ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
-                      clean=task == "denoise")
+                      clean=CLEAN in get_task(task).label_columns)
     prep = PrepareBatch(task, config["normalization"], config.get("train_classes"))
     return ds.map_batches(prep, batch_format="numpy", batch_size=256)
 
@@ -87,10 +88,10 @@ def target_stats(ds, task: str) -> dict:
     """Standardisation (mean, std over the rows where each target is meaningful) of the
     regression targets of ``task``, measured on a (training) dataset."""
     t = get_task(task)
-    if not getattr(t, "targets", None):
+    if not t.targets:
         return {}
-    cols = _columns(ds, list(t.label_columns))
-    cls = cols["substructure"]
+    cols = _columns(ds, [t.class_column, *t.targets])
+    cls = cols[t.class_column]
     out = {}
     for name, k in t.targets.items():
         y = cols[name][(cls == k) & np.isfinite(cols[name])]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.schema import IMAGE, good_mask
+from pipeline.io.schema import CLEAN, IMAGE, good_mask
 from pipeline.models.tasks import get_task
 
 
@@ -21,9 +21,9 @@ def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | N
     from pipeline.train.data import split_paths
 
     task = get_task(config["task"])
-    cols = [IMAGE, *task.label_columns, *extra_columns]
+    cols = list(dict.fromkeys([IMAGE, *task.label_columns, *task.eval_labels, *extra_columns]))
     ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
-                      clean="clean" in cols)
+                      clean=CLEAN in cols)
     if limit:
         ds = ds.limit(limit)
     parts: dict[str, list] = {c: [] for c in cols}
@@ -44,15 +44,14 @@ def evaluate_model(model, config: dict, data_dir, split: str = "test", plots_dir
     task = get_task(config["task"])
     data = collect(data_dir, split, config, limit=limit)
     pred = predict(model, config, data[IMAGE], device=device)
-    labels = {c: data[c] for c in task.label_columns}
-    if task.name == "denoise":
-        labels["image"] = data[IMAGE]
+    labels = {c: data[c] for c in (*task.label_columns, *task.eval_labels)}
     out = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
            for k, v in task.metrics(pred, labels, config).items()}
     out["n"] = int(len(data[IMAGE]))
     out["split"] = split
-    if plots_dir is not None and task.name != "denoise":
-        out["plots"] = roc_plots(task, config, pred, labels, plots_dir)
+    curves = task.roc_curves(pred, labels, config)
+    if plots_dir is not None and curves:
+        out["plots"] = roc_plots(curves, config, plots_dir)
     return out
 
 
@@ -74,34 +73,32 @@ def evaluate_checkpoint(path, data_dir, split: str = "test", write: bool = False
 def denoiser_effect_on_detector(denoiser, dn_config: dict, detector, det_config: dict,
                                 data_dir, split: str = "test", limit: int | None = None) -> dict:
     """Detector AUC/TPR0 on the raw cutouts vs on the denoised cutouts of a lens data set."""
+    from pipeline.metrics import lens_metrics
     from pipeline.models import predict
-    from pipeline.train.metrics import lens_metrics
+    from pipeline.models.tasks import LENS_DETECT, P_LENS
 
     data = collect(data_dir, split, det_config, limit=limit)
-    raw = predict(detector, det_config, data[IMAGE])["p_lens"]
-    clean = predict(denoiser, dn_config, data[IMAGE])["image"]
-    den = predict(detector, det_config, clean)["p_lens"]
-    a, b = lens_metrics(data["is_lens"], raw), lens_metrics(data["is_lens"], den)
+    truth = data[LENS_DETECT.class_column]
+    raw = predict(detector, det_config, data[IMAGE])[P_LENS]
+    clean = predict(denoiser, dn_config, data[IMAGE])[IMAGE]
+    den = predict(detector, det_config, clean)[P_LENS]
+    a, b = lens_metrics(truth, raw), lens_metrics(truth, den)
     return {"auc_raw": a["auc"], "auc_denoised": b["auc"], "tpr0_raw": a["tpr0"],
             "tpr0_denoised": b["tpr0"], "n": int(len(raw))}
 
 
-def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str]:
-    """ROC curve(s) as PNG files (matplotlib, Agg); returns their paths."""
+def roc_plots(curves: dict, config: dict, out_dir) -> list[str]:
+    """The task's ROC ``curves`` ({name: (truth, score)}) of a checkpoint's ``config`` as one
+    PNG file (matplotlib, Agg); returns its path in a list."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.train.metrics import roc_auc, roc_curve
+    from pipeline.metrics import roc_auc, roc_curve
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if task.name == "lens-detect":
-        curves = {"lens": (labels["is_lens"], pred["p_lens"])}
-    else:
-        cls = np.asarray(labels["substructure"]).astype(int)
-        curves = {c: (cls == i, pred[f"p_{c}"]) for i, c in enumerate(config["classes"])}
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_curve(y, s)
@@ -117,51 +114,49 @@ def roc_plots(task, config: dict, pred: dict, labels: dict, out_dir) -> list[str
     return [str(path)]
 
 
-def load_sky_cutout(path, hdu=0, plane: int | None = None,
-                    pixel_scale: float | None = None) -> tuple[np.ndarray, float]:
-    """One observed cutout as a (H, W) float32 array and its pixel scale (arcsec/px, from the
-    WCS unless given). ``plane`` picks a band of a (B, H, W) cube."""
-    import warnings
+def load_sky_cutout(path, hdu: int | None = None, plane: int | None = None,
+                    pixel_scale: float | None = None,
+                    bands=None) -> tuple[np.ndarray, float]:
+    """One observed cutout as a (H, W) float32 array and its pixel scale (arcsec/px, the row's
+    own unless given), read by the package's reader (``pipeline.io.read_fits_file``).
 
-    from astropy.io import fits
-    from astropy.wcs import WCS, FITSFixedWarning
-    from astropy.wcs.utils import proj_plane_pixel_scales
+    ``hdu``: the row of that HDU (None: the file's first row); ``bands``: band names to read
+    (e.g. ``["VIS"]`` from a Euclid file of many ``*_FLUX`` extensions); ``plane``: the band to
+    keep of a multi-band row."""
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.io.schema import ERROR, INDEX, PIXEL_SCALE
 
-    with fits.open(path, memmap=False) as hdul:
-        try:
-            h = hdul[hdu]
-        except (KeyError, IndexError) as e:
-            raise ValueError(f"{path}: HDU {hdu!r} not found (available: "
-                             f"{[x.name or i for i, x in enumerate(hdul)]})") from e
-        data = np.asarray(h.data, dtype=np.float32)
-        if data.ndim == 3:
-            if plane is None:
-                raise ValueError(f"{path}[{hdu}]: cube of shape {data.shape}; pass plane=")
-            data = data[plane]
-        if data.ndim != 2:
-            raise ValueError(f"{path}[{hdu}]: expected an image, got shape {data.shape}")
-        if pixel_scale is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FITSFixedWarning)
-                scales = proj_plane_pixel_scales(WCS(h.header).celestial) * 3600
-            if len(scales) == 0 or not np.all(np.isfinite(scales)) or scales[0] <= 0:
-                raise ValueError(f"{path}[{hdu}]: no celestial WCS; pass pixel_scale=")
-            pixel_scale = float(scales[0])
-    return data, float(pixel_scale)
+    rows = read_fits_file(str(path), ReadOptions(bands=bands, geometry=True))
+    hits = np.flatnonzero(rows[INDEX] == hdu) if hdu is not None else [0]
+    if not len(hits):
+        raise ValueError(f"{path}: no cutout in HDU {hdu} (cutouts in HDUs {rows[INDEX].tolist()})")
+    i = hits[0]
+    if rows[ERROR][i]:
+        raise ValueError(rows[ERROR][i])
+    image = rows[IMAGE][i]
+    if image.shape[0] > 1 and plane is None:
+        raise ValueError(f"{path}[{hdu}]: {image.shape[0]} bands of shape {image.shape[1:]}; "
+                         "pass plane=")
+    image = image[plane or 0]
+    scale = pixel_scale or float(rows[PIXEL_SCALE][i])
+    if not np.isfinite(scale):
+        raise ValueError(f"{path}[{hdu}]: no celestial WCS or PIXSCALE; pass pixel_scale=")
+    return image, float(scale)
 
 
 def score_sky_cutouts(model, config: dict, entries: list[dict]) -> list[dict]:
     """Score observed cutouts with a lens finder after resampling each to the model's pixel
     scale and cropping/padding to its size (``fit_cutouts``). ``entries``: dicts with ``path``
-    and optional ``hdu``, ``plane``, ``pixel_scale``, ``label``. Single-band models only."""
+    and optional ``hdu``, ``plane``, ``pixel_scale``, ``bands`` (see :func:`load_sky_cutout`)
+    and ``label``. Single-band models only."""
     from pipeline.models import fit_cutouts, predict
 
     if len(config["bands"]) != 1:
         raise ValueError("score_sky_cutouts handles single-band models only")
     rows = []
     for e in entries:
-        img, scale = load_sky_cutout(e["path"], e.get("hdu", 0), e.get("plane"),
-                                     e.get("pixel_scale"))
+        img, scale = load_sky_cutout(e["path"], e.get("hdu"), e.get("plane"),
+                                     e.get("pixel_scale"), e.get("bands"))
         x = fit_cutouts(img[None, None], scale, config)
         p = predict(model, config, x)
         rows.append({**{k: v for k, v in e.items() if k != "path"}, "file": Path(e["path"]).name,

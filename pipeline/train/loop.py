@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io.schema import IMAGE
 from pipeline.models.normalize import DEFAULT_NORMALIZATION
-from pipeline.models.tasks import get_task, model_kwargs
-from pipeline.models.towers import init_network
+from pipeline.models.registry import default_model, init_network, model_info, model_kwargs
+from pipeline.models.tasks import get_task
 from pipeline.precision import check_precision
 
 #: defaults of the training recipe (every key can be overridden from the CLI / Tune)
@@ -34,12 +35,8 @@ DEFAULTS = {
     "regression_weight": None,  # substructure: weight of the regression terms (None: task's)
     "nll_beta": None,  # substructure: beta-NLL exponent (None: task's, plain NLL)
     "train_classes": None,  # train/validate only on rows of these classes (None: all rows)
-    "precision": "fp32",  # or "bf16": autocast (2.5x faster on AVX512-BF16 CPUs, measured)
+    "precision": "fp32",  # or "bf16": autocast (faster on CPUs with bf16 units; docs/models.md)
 }
-
-#: default network per stage (what the shipped weights use)
-DEFAULT_MODEL = {"denoise": "unet_denoiser", "lens-detect": "d4_resnet",
-                 "substructure": "d4_resnet"}
 
 
 def train_loop_per_worker(cfg: dict) -> None:
@@ -72,11 +69,15 @@ def train_loop_per_worker(cfg: dict) -> None:
             state = json.loads(Path(d, "config.json").read_text())
             start_epoch = state["epoch"] + 1
             best, since_best = state.get("best"), state.get("since_best", 0)
-    elif cfg["init"]:  # fine-tune from a finished checkpoint (two_tower: from its tower's)
+    elif cfg["init"]:  # fine-tune from a finished checkpoint (or build from another network's)
         state = load_file(os.path.join(cfg["init"], "model.safetensors"))
-        getattr(model, "init_from", model.load_state_dict)(state)
-    # channels-last convolutions: ~1.5x faster training on CPU (oneDNN), measured
-    model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
+        if model_info(cfg["model"]).init_from:
+            model.init_from(state)
+        else:
+            model.load_state_dict(state)
+    # channels-last convolutions: oneDNN's fast path on CPU (docs/models.md)
+    layout = training_layout(model)
+    model = ray.train.torch.prepare_model(model.to(memory_format=layout))
     device = ray.train.torch.get_device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=cfg["precision"] == "bf16")
@@ -98,11 +99,11 @@ def train_loop_per_worker(cfg: dict) -> None:
             batch_size=cfg["batch_size"], local_shuffle_buffer_size=cfg["shuffle_buffer"],
             local_shuffle_seed=cfg["seed"] + epoch, drop_last=True, device=device,
         ):
-            images = [batch["x"]] + ([batch["clean"]] if task.name == "denoise" else [])
-            images = augment(images, gen, **cfg["augment"])
-            batch["x"] = images[0].contiguous(memory_format=torch.channels_last)
-            if task.name == "denoise":
-                batch["clean"] = images[1]
+            # image labels (the denoiser's clean target) move with their input
+            images = augment([batch["x"], *(batch[c] for c in task.image_labels)], gen,
+                             **cfg["augment"])
+            batch["x"] = images[0].contiguous(memory_format=layout)
+            batch.update(zip(task.image_labels, images[1:], strict=True))
             with autocast:
                 out = model(batch["x"])
             loss = task.loss(out.float(), batch, cfg)
@@ -139,6 +140,17 @@ def train_loop_per_worker(cfg: dict) -> None:
             break
 
 
+def training_layout(model):
+    """``torch.channels_last`` unless the network has a 1x1 convolution with fewer than 16 input
+    channels: on AVX-512 CPUs oneDNN's channels-last 1x1 weight gradient (torch 2.13, oneDNN
+    3.12) corrupts the heap for those (seen with widths 8 and 12, not 16 or more)."""
+    import torch
+
+    small = any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels < 16
+                for m in model.modules())
+    return torch.contiguous_format if small else torch.channels_last
+
+
 def _validate(model, task, shard, cfg, device) -> dict:
     import torch
 
@@ -146,17 +158,16 @@ def _validate(model, task, shard, cfg, device) -> dict:
     # Validation without test-time D4 averaging: 8x cheaper, and the loss still ranks epochs.
     net = getattr(model, "module", model)
     tta, net.tta = getattr(net, "tta", False), False
-    outs, labels, tot, n = [], {c: [] for c in task.label_columns}, 0.0, 0
+    outs, tot, n = [], 0.0, 0
+    labels = {c: [] for c in (*task.label_columns, *task.eval_labels)}
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=256, device=device):
             out = model(batch["x"].contiguous(memory_format=torch.channels_last))
             tot += task.loss(out, batch, cfg).item() * len(out)
             n += len(out)
             outs.append(out.float().cpu().numpy())
-            for c in task.label_columns:
-                labels[c].append(batch[c].cpu().numpy())
-            if task.name == "denoise":
-                labels.setdefault("image", []).append(batch["x"].cpu().numpy())
+            for c in labels:  # IMAGE is the network's input
+                labels[c].append(batch["x" if c == IMAGE else c].cpu().numpy())
     net.tta = tta
     if n == 0:
         return {"val_loss": float("nan")}
@@ -176,7 +187,7 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
     from pipeline.train.data import read_manifest, split_paths
 
     task = get_task(stage)
-    model = model or DEFAULT_MODEL[stage]
+    model = model or default_model(stage)
     if model not in list_models(stage):
         raise ValueError(f"model {model!r} does not serve stage {stage!r} "
                          f"(choose from {list_models(stage)})")
@@ -185,14 +196,13 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
         raise ValueError(f"unknown training options {sorted(unknown)} (known: {sorted(DEFAULTS)})")
     if recipe.get("precision") is not None:
         check_precision(recipe["precision"])
-    if model == "two_tower" and not recipe.get("init"):
-        raise ValueError("two_tower starts from a trained classifier: pass init=<a substructure "
-                         "checkpoint of its tower network> (--init)")
-    classes = getattr(task, "classes", None)
-    bad = set(recipe.get("train_classes") or ()) - set(classes or ())
+    if model_info(model).init_from and not recipe.get("init"):
+        raise ValueError(f"model {model!r} starts from a trained checkpoint of another network: "
+                         f"pass init=<a {stage} checkpoint of that network> (--init)")
+    bad = set(recipe.get("train_classes") or ()) - set(task.classes or ())
     if bad:
         raise ValueError(f"train_classes {sorted(bad)}: stage {stage!r} has classes "
-                         f"{list(classes or [])}")
+                         f"{list(task.classes or [])}")
     for s in ("train", "val"):
         split_paths(data_dir, s)
     manifest = read_manifest(data_dir)
@@ -203,10 +213,8 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
                pixel_scale=geom["pixel_scale"],
                normalization={**DEFAULT_NORMALIZATION, **(recipe.get("normalization") or {})},
                lensray_version=__version__)
-    if stage == "substructure":
+    if task.classes:
         cfg["classes"] = list(task.classes)
-    if stage == "lens-detect":
-        cfg["classes"] = ["non-lens", "lens"]
     cfg["trained"] = {"date": _dt.date.today().isoformat(), "data": str(data_dir),
                       "preset": manifest.get("preset"), "data_seed": manifest.get("seed"),
                       "seed": cfg["seed"]}
@@ -215,7 +223,8 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
 
 
 def _geometry(data_dir, manifest: dict) -> dict:
-    """Bands, cutout size and pixel scale from the manifest, else from the first shard."""
+    """Bands, cutout size and pixel scale from the manifest, else from the first training
+    shard's rows (read with their geometry by ``pipeline.io``)."""
     bands = manifest.get("bands")
     size = manifest.get("size") or manifest.get("num_pix")
     scale = manifest.get("pixel_scale")
@@ -223,20 +232,19 @@ def _geometry(data_dir, manifest: dict) -> dict:
     if not scale and isinstance(inst, dict) and inst.get("bands"):  # lensray-sim/1 manifests
         scale = inst["bands"][0].get("pixel_scale")
     if not (bands and size and scale):
-        from astropy.io import fits
-
+        from pipeline.io import ReadOptions, read_fits_file
+        from pipeline.io.schema import BAND_NAMES, IMAGE, PIXEL_SCALE
         from pipeline.train.data import split_paths
 
-        f = split_paths(data_dir, "train")[0]
-        with fits.open(f, memmap=True) as hdul:
-            h0, cut = hdul[0].header, hdul["CUTOUTS"]
-            nb = int(h0.get("NBANDS", cut.header["NAXIS3"]))
-            bands = bands or [h0.get(f"BAND{i + 1}", str(i)) for i in range(nb)]
-            size = size or int(cut.header["NAXIS1"])
-            scale = scale or h0.get("PIXSCALE") or h0.get("PIXSCAL")
+        first = split_paths(data_dir, "train")[0]
+        rows = read_fits_file(first, ReadOptions(geometry=True, strict=True))
+        nb, size = rows[IMAGE][0].shape[0], size or rows[IMAGE][0].shape[-1]
+        names = rows[BAND_NAMES][0]
+        bands = bands or (names.split(",") if names else [str(i) for i in range(nb)])
+        scale = scale or (rows[PIXEL_SCALE][0] if np.isfinite(rows[PIXEL_SCALE][0]) else None)
     if not scale:
         raise ValueError(f"{data_dir}: pixel scale unknown (no 'pixel_scale' in manifest.json "
-                         "and no PIXSCALE header)")
+                         "and none in the shards: no celestial WCS or PIXSCALE header)")
     return {"bands": list(bands), "size": int(size), "pixel_scale": float(scale)}
 
 
@@ -255,11 +263,11 @@ def prepare(stage: str, data_dir, model: str | None = None, *,
     val_ds = load_split(data_dir, "val", stage, cfg).materialize()
     init = _read_config(cfg["init"]) if cfg["init"] else None
     cfg["targets"] = {}
-    if stage == "substructure":  # a two_tower keeps its classifier's standardisation
-        cfg["targets"] = (init.get("targets", {}) if cfg["model"] == "two_tower"
+    if get_task(stage).targets:  # a model built from another keeps that one's standardisation
+        cfg["targets"] = (init.get("targets", {}) if model_info(cfg["model"]).init_from
                           else target_stats(train_ds, stage))
     cfg["trained"]["n_train"], cfg["trained"]["n_val"] = train_ds.count(), val_ds.count()
-    cfg["model_kwargs"] = model_kwargs(stage, cfg["model"], cfg, **cfg.pop("_model_overrides"))
+    cfg["model_kwargs"] = model_kwargs(cfg["model"], cfg, **cfg.pop("_model_overrides"))
     if init is not None:
         _check_init(cfg, init)
     return cfg, train_ds, val_ds
@@ -280,7 +288,7 @@ def _read_config(init) -> dict:
 
 def _check_init(cfg: dict, ref: dict) -> None:
     """``init`` (whose config is ``ref``) must be a checkpoint of the same task and network
-    (weights are loaded as is), or, for a two_tower, of its tower network."""
+    (weights are loaded as is), or of the network the model is built from (``init_from``)."""
     init = _init_dir(cfg["init"])
     if ref.get("task") != cfg["task"]:
         raise ValueError(f"init {init}: task {ref.get('task')!r} differs from this run's "

@@ -13,27 +13,23 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.models.tasks import get_task, model_kwargs
+from pipeline.models.registry import list_models, model_info, model_kwargs
+from pipeline.models.tasks import get_task
 from pipeline.train.loop import export_checkpoint, make_trainer, prepare
 
 
 def search_space(model: str) -> dict:
-    """Search space of ``model``: recipe keys as they are, network arguments as ``model.<arg>``."""
+    """Search space of ``model``: the recipe's learning rate and weight decay, then what the
+    model registered (``pipeline.models.model_info(model).search_space``; recipe keys as they
+    are, network arguments as ``model.<arg>``)."""
     from ray import tune
 
-    common = {"lr": tune.loguniform(5e-4, 5e-3), "weight_decay": tune.loguniform(1e-5, 1e-3)}
-    spaces = {
-        "d4_resnet": {"batch_size": tune.choice([32, 64]),
-                      "model.widths": tune.choice([[16, 32, 64], [24, 48, 96]]),
-                      "model.dropout": tune.uniform(0.0, 0.3)},
-        "deeplens_resnet": {"model.base_width": tune.choice([4, 8])},
-        "lastro_cnn": {"model.dense": tune.choice([256, 512, 1024]),
-                       "model.dropout": tune.uniform(0.2, 0.5)},
-        "unet_denoiser": {"model.base": tune.choice([8, 16]), "model.depth": tune.choice([2, 3])},
-    }
-    if model not in spaces:
-        raise ValueError(f"no search space for model {model!r} (have: {', '.join(spaces)})")
-    return {**common, **spaces[model]}
+    own = model_info(model).search_space
+    if not own:
+        raise ValueError(f"model {model!r} registered no search space (have: "
+                         f"{', '.join(m for m in list_models() if model_info(m).search_space)})")
+    space = {"lr": ("loguniform", 5e-4, 5e-3), "weight_decay": ("loguniform", 1e-5, 1e-3), **own}
+    return {key: getattr(tune, kind)(*args) for key, (kind, *args) in space.items()}
 
 
 def _apply(base: dict, sample: dict) -> dict:
@@ -41,8 +37,7 @@ def _apply(base: dict, sample: dict) -> dict:
     cfg = json.loads(json.dumps(base))
     overrides = {k[len("model."):]: v for k, v in sample.items() if k.startswith("model.")}
     cfg.update({k: v for k, v in sample.items() if not k.startswith("model.")})
-    cfg["model_kwargs"] = model_kwargs(cfg["task"], cfg["model"], cfg,
-                                       **{**base["model_kwargs"], **overrides})
+    cfg["model_kwargs"] = model_kwargs(cfg["model"], cfg, **{**base["model_kwargs"], **overrides})
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""The field's metrics, in one place (pure NumPy; used by training, evaluation and benchmarks).
+"""The field's metrics, in one place (pure NumPy, no other lensray import: tasks, training,
+evaluation and benchmarks all score with these).
 
 Lens finding follows the Lens Finding Challenge (Metcalf et al. 2019, arXiv 1802.03609): ROC
 AUC, TPR0 (fraction of lenses scored above every non-lens) and TPR10 (fraction scored above the

@@ -1,0 +1,203 @@
+"""Real-sky benchmark: lens finders side by side on real galaxies, real lenses and simulations.
+
+For every lens finder given (``NAME=CHECKPOINT``; ``shipped`` is the package's weights) one run
+prints, side by side:
+
+- **SDSS flag rate**: the fraction of real SDSS galaxies (Galaxy Zoo 2; none is a lens at the
+  ~1:1000 rate of the sky) scored p_lens > 0.5 and > 0.9. Single-band models see the mean of r
+  and i (a VIS-like grey view), g,r,i models the three bands, at the model's pixel scale
+  (``benchmarks/make_sdss_views.py`` says how the view is made). These images never enter
+  training. ``--sdss`` takes the committed 500-galaxy view or the folder of the 2,000 JPEGs;
+- **real fixtures**: p_lens of every observed cutout bundled in ``tests/data/real`` (3 lenses,
+  5 non-lenses), each resampled to the model's pixel scale (``fit_cutouts``), and the AUC of the
+  real lenses against the real non-lenses (fixtures + SDSS galaxies);
+- **simulated AUC** (and TPR0) on the held-out TEST split of each ``--sim NAME=DIR``, and the
+  classical moment baseline's AUC on it (``pipeline.train.shortcut``), which says how much of
+  the set a shortcut can separate.
+
+    python benchmarks/real_sky.py --model shipped --model new=runs/lens-vis \\
+        --sim today=data/euclid-lens-20k --sim matched=data/vis-lens-matched \\
+        --sdss /path/to/sdss_gz2 --json benchmarks/results/real_sky.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO / "tests/data"
+SDSS_VIEW = REPO / "tests/data/real_backgrounds/sdss_gz2_gri64.fits.gz"
+
+# Every observed fixture: (label, name, {band view: [(file, band, hdu, plane) per model band]}),
+# files under tests/data; ``band`` picks a named band (Euclid's *_FLUX extensions), ``hdu`` an
+# HDU of a multi-HDU file, ``plane`` a band of a cube. g,r,i views use the bands each file has
+# nearest to g, r, i (Euclid Q1 has HSC g, MegaCam r and HSC z: z stands in for i, a redder band
+# than the model was trained on).
+_Q1 = "real/euclid/EUCLJ{}.fits"
+FIXTURES = [
+    *[("lens", f"EUCLJ{q}", {"VIS": [(_Q1.format(q), "VIS", None, None)],
+                              "gri": [(_Q1.format(q), b, None, None)
+                                      for b in ("HSC_G", "MEGACAM_R", "HSC_Z")]})
+      for q in ("174517.55+655612.5", "174752.17+660743.0")],
+    ("lens", "ERO_ID_37174", {"VIS": [("real/euclid/ERO_ID_37174.fits", None, None, None)]}),
+    ("non-lens", "Cut_HSC", {"VIS": [("real/hsc/Cut_HSC.fits", None, None, 2)],
+                             "gri": [("real/hsc/Cut_HSC.fits", None, None, p) for p in range(3)]}),
+    ("non-lens", "KiDS-test", {"gri": [(f"real_backgrounds/kids/KiDS-test_{b}.fits", None, None,
+                                        None) for b in "gri"]}),
+    ("non-lens", "Cut_HST_COSMOS", {"VIS": [("real/hst/Cut_HST_COSMOS.fits", None, None, None)]}),
+    *[("non-lens", f"AEGIS_F814w[{h}]",
+       {"VIS": [("real/hst/AEGIS_F814w_images_01.fits", None, h, None)]}) for h in range(3)],
+]
+# the AEGIS stamps carry no WCS: 0.03"/px from their catalogue
+PIXEL_SCALE = {"real/hst/AEGIS_F814w_images_01.fits": 0.03}
+
+
+def view_of(config: dict) -> str:
+    """Which band view a checkpoint takes: ``VIS`` for single-band models, ``gri`` for 3 bands."""
+    bands = [b.lower() for b in config["bands"]]
+    if len(bands) == 1:
+        return "VIS"
+    if bands == ["g", "r", "i"]:
+        return "gri"
+    raise SystemExit(f"real_sky: no real view for bands {config['bands']}")
+
+
+def sdss_images(source: pathlib.Path, view: str) -> np.ndarray:
+    """SDSS galaxies in a model's band view: (N, 1 or 3, 64, 64)."""
+    if source.is_dir():
+        sys.path.insert(0, str(pathlib.Path(__file__).parent))
+        from make_sdss_views import views
+
+        gri = views(source)[0]
+    else:
+        from astropy.io import fits
+
+        with fits.open(source) as hdul:
+            gri = np.asarray(hdul["CUTOUTS"].data, np.float32)
+    return gri if view == "gri" else gri[:, 1:].mean(1, keepdims=True)
+
+
+def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
+    """(label, name, image fitted to the model) for each fixture the model's view covers."""
+    from pipeline.models import fit_cutouts
+    from pipeline.train.evaluate import load_sky_cutout
+
+    view = view_of(config)
+    out = []
+    for label, name, views in FIXTURES:
+        if view not in views:
+            continue
+        planes = [load_sky_cutout(DATA / f, hdu, plane, PIXEL_SCALE.get(f),
+                                  bands=[band] if band else None)
+                  for f, band, hdu, plane in views[view]]
+        x = fit_cutouts(np.stack([p for p, _ in planes])[None], planes[0][1], config)
+        out.append((label, name, x))
+    return out
+
+
+def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
+    from pipeline.metrics import roc_auc
+    from pipeline.models import load_checkpoint, load_pretrained, predict
+    from pipeline.train.evaluate import evaluate_model
+
+    model, config = load_pretrained("lens-detect") if ckpt == "shipped" else load_checkpoint(ckpt)
+    view = view_of(config)
+    p_sdss = predict(model, config, sdss[view])["p_lens"]
+    fixtures = [(label, fname, float(predict(model, config, x)["p_lens"][0]))
+                for label, fname, x in fixture_images(config)]
+    lens = np.array([p for lab, _, p in fixtures if lab == "lens"])
+    non = np.array([p for lab, _, p in fixtures if lab != "lens"])
+    row = {"model": name, "checkpoint": ckpt, "view": view, "n_sdss": int(len(p_sdss)),
+           "sdss_flag_0.5": float((p_sdss > 0.5).mean()), "sdss_flag_0.9": float((p_sdss > 0.9).mean()),
+           "fixtures": [{"label": lab, "file": f, "p_lens": p} for lab, f, p in fixtures]}
+    if len(lens) and len(non):
+        row["real_auc_fixtures"] = roc_auc(np.r_[np.ones(len(lens)), np.zeros(len(non))],
+                                           np.r_[lens, non])
+    if len(lens):
+        y = np.r_[np.ones(len(lens)), np.zeros(len(non) + len(p_sdss))]
+        row["real_auc_with_sdss"] = roc_auc(y, np.r_[lens, non, p_sdss])
+        row["real_lenses_above_p95_nonlens"] = float(
+            (lens > np.percentile(np.r_[non, p_sdss], 95)).mean())
+    for sim, data_dir in sims.items():
+        if len(config["bands"]) != len(json.loads((pathlib.Path(data_dir) / "manifest.json")
+                                                  .read_text())["bands"]):
+            continue
+        m = evaluate_model(model, config, data_dir, "test")
+        row[f"sim_auc[{sim}]"], row[f"sim_tpr0[{sim}]"] = m["auc"], m["tpr0"]
+    return row
+
+
+def shortcut_rows(sims: dict) -> list[dict]:
+    """The classical moment baseline (logistic regression on image moments) on each sim set."""
+    from pipeline.train.shortcut import shortcut_auc
+
+    return [{"sim": sim, **shortcut_auc(d)} for sim, d in sims.items()]
+
+
+def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
+    sims = sorted({k[len("sim_auc["):-1] for r in rows for k in r if k.startswith("sim_auc[")})
+    head = ["model", "view", "SDSS > 0.5", "SDSS > 0.9", "real AUC (fixtures)",
+            "real AUC (+SDSS)", "lenses > p95 non-lens", *[f"sim AUC / TPR0 {s}" for s in sims]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for r in rows:
+        cells = [r["model"], r["view"], f(r["sdss_flag_0.5"], "{:.1%}"), f(r["sdss_flag_0.9"], "{:.1%}"),
+                 f(r.get("real_auc_fixtures")), f(r.get("real_auc_with_sdss")),
+                 f(r.get("real_lenses_above_p95_nonlens"), "{:.0%}")]
+        cells += [f"{f(r.get(f'sim_auc[{s}]'), '{:.4f}')} / {f(r.get(f'sim_tpr0[{s}]'))}" for s in sims]
+        lines.append("| " + " | ".join(cells) + " |")
+    fx = [r for r in rows]
+    if fx:
+        names = [x["file"] + f" ({x['label']})" for x in max(fx, key=lambda r: len(r["fixtures"]))["fixtures"]]
+        lines += ["", "| fixture | " + " | ".join(r["model"] for r in fx) + " |",
+                  "|" + "---|" * (len(fx) + 1)]
+        for n in names:
+            vals = []
+            for r in fx:
+                p = {x["file"] + f" ({x['label']})": x["p_lens"] for x in r["fixtures"]}.get(n)
+                vals.append(f(p))
+            lines.append(f"| {n} | " + " | ".join(vals) + " |")
+    if shortcuts:
+        lines += ["", "| sim set | classical moment baseline AUC (held-out) | n train / test |",
+                  "|---|---|---|"]
+        lines += [f"| {s['sim']} | {s['auc']:.3f} | {s['n_train']} / {s['n_test']} |"
+                  for s in shortcuts]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                    help="a lens finder (repeatable); 'shipped' alone means the package's")
+    ap.add_argument("--sim", action="append", default=[], metavar="NAME=DATA_DIR",
+                    help="a simulated set whose TEST split is scored (repeatable)")
+    ap.add_argument("--sdss", type=pathlib.Path, default=SDSS_VIEW,
+                    help="the SDSS view file (default: the committed 500) or the GZ2 JPEG folder")
+    ap.add_argument("--no-shortcut", action="store_true", help="skip the classical baseline")
+    ap.add_argument("--json", type=pathlib.Path, default=None, help="also write raw results here")
+    args = ap.parse_args()
+
+    from pipeline._ray import ensure_ray
+
+    ensure_ray(log_to_driver=False)
+    models = dict(m.partition("=")[::2] if "=" in m else (m, m) for m in args.model or ["shipped"])
+    sims = dict(s.split("=", 1) for s in args.sim)
+    sdss = {v: sdss_images(args.sdss, v) for v in ("VIS", "gri")}
+    rows = [score(name, ckpt, sdss, sims) for name, ckpt in models.items()]
+    shortcuts = [] if args.no_shortcut else shortcut_rows(sims)
+    print(markdown(rows, shortcuts))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"models": rows, "shortcut": shortcuts}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

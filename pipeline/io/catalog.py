@@ -1,0 +1,304 @@
+"""Parquet catalogues: :func:`write_catalog` (a table or a Dataset at once) and
+:class:`CatalogStore` (a resumable catalogue written one input file at a time).
+
+A catalogue directory holds good rows in ``catalog/`` and error rows in ``errors/``, without image
+columns, with the provenance columns ``source``, ``index`` and ``lensray_version``. A store adds,
+per input file ``F`` with key ``K`` (:func:`shard_key`)::
+
+    OUT/catalog/K.parquet    good rows
+    OUT/errors/K.parquet     rows that could not be read or computed, with the reason
+    OUT/_shards/K.json       written last: F is finished (its counts)
+    OUT/_shards/_options.json  what the catalogue is computed with (a resumed run must match)
+
+Every file is written whole under a temporary name and renamed into place
+(:func:`pipeline.io.writers.atomic_write`), so a killed run leaves no half file, and a reopened
+store skips the finished input files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io import schema
+from pipeline.io.writers import _version, atomic_write, write_json
+
+CATALOG_DIR = "catalog"
+ERRORS_DIR = "errors"
+SHARDS_DIR = "_shards"
+IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN)
+COUNTS = ("rows", "good", "errors", "candidates")  # of a finished input file's marker
+
+
+# ----------------------------------------------------------------------------- whole catalogues
+def write_catalog(
+    data: Any,
+    out_dir: str | os.PathLike,
+    *,
+    drop_columns: Sequence[str] = IMAGE_COLUMNS,
+    mode: str = "overwrite",
+) -> dict[str, int]:
+    """Write a catalogue as Parquet: good rows to ``<out>/catalog/``, error rows to ``<out>/errors/``.
+
+    Image columns are dropped (``drop_columns`` plus any other tensor column of 2 or more
+    dimensions); a ``lensray_version`` column is added next to the provenance columns ``source`` and
+    ``index`` (added as nulls if the input lacks them). Rows without an ``error`` column are good.
+
+    Args:
+        data: a ``ray.data.Dataset`` (executed once), a ``pyarrow.Table``, a pandas DataFrame or a
+            dict of 1-D columns.
+        out_dir: local directory or URI (``s3://...``); created if needed.
+        drop_columns: columns to leave out of the catalogue.
+        mode: "overwrite" (default: a rerun replaces the previous catalogue) or "append".
+
+    Returns:
+        ``{"rows": n, "good": n_good, "errors": n_errors}`` with rows == good + errors.
+    """
+    if mode not in ("overwrite", "append"):
+        raise ValueError(f"mode must be 'overwrite' or 'append', got {mode!r}")
+    out = os.fspath(out_dir).rstrip("/")
+    if hasattr(data, "materialize") and hasattr(data, "write_parquet"):
+        return _write_catalog_ray(data, out, drop_columns, mode)
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good, errors = catalog_parts(_as_arrow(data), drop_columns)
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+        target = f"{out}/{sub}"
+        fs, path = pa.fs.FileSystem.from_uri(target if "://" in target else os.path.abspath(target))
+        if mode == "overwrite":
+            try:
+                fs.delete_dir_contents(path, missing_dir_ok=True)
+            except OSError:
+                pass
+        fs.create_dir(path, recursive=True)
+        if part.num_rows:
+            pq.write_table(part, f"{path}/{uuid.uuid4().hex}.parquet", filesystem=fs)
+    return {"rows": good.num_rows + errors.num_rows, "good": good.num_rows,
+            "errors": errors.num_rows}
+
+
+def catalog_parts(table, drop_columns: Sequence[str] = IMAGE_COLUMNS):
+    """A pyarrow table's catalogue rows, ``(good, errors)``: image columns dropped, provenance
+    columns added (:func:`_catalog_table`)."""
+    table = _catalog_table(table.drop_columns(_to_drop(table.schema, drop_columns)))
+    return _split(table)
+
+
+def _as_arrow(data: Any):
+    import pyarrow as pa
+
+    if isinstance(data, pa.Table):
+        return data
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if isinstance(data, Mapping):
+        return pa.table({k: list(v) if np.asarray(v).ndim > 1 else v for k, v in data.items()})
+    raise TypeError(f"cannot write a catalogue from {type(data)!r}")
+
+
+def _to_drop(arrow_schema, drop_columns: Sequence[str]) -> list[str]:
+    """Named image columns + any tensor column of >= 2 dimensions (images, maps)."""
+    drop = []
+    for f in arrow_schema:
+        ndim = getattr(f.type, "ndim", None) or len(getattr(f.type, "shape", ()) or ())
+        if f.name in drop_columns or ndim >= 2:
+            drop.append(f.name)
+    return drop
+
+
+def _catalog_table(table):
+    """Add the provenance columns (lensray_version, and source/index/error if missing); all-null
+    columns typed as strings (:func:`pipeline.io.schema.string_nulls`)."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    for name, kind in ((schema.SOURCE, pa.string()), (schema.INDEX, pa.int64()),
+                       (schema.ERROR, pa.string())):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(n, kind))
+    table = schema.string_nulls(table)
+    return table.append_column("lensray_version", pa.array([_version()] * n, pa.string()))
+
+
+def _split(table):
+    import pyarrow.compute as pc
+
+    is_error = pc.fill_null(
+        pc.and_(pc.is_valid(table[schema.ERROR]), pc.not_equal(table[schema.ERROR], "")), False
+    )
+    return table.filter(pc.invert(is_error)), table.filter(is_error)
+
+
+def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
+    drop = _to_drop(ds.schema().base_schema, drop_columns)
+    if drop:
+        ds = ds.drop_columns(drop)
+    cat = ds.map_batches(_catalog_table, batch_format="pyarrow").materialize()
+    good = cat.map_batches(lambda t: _split(t)[0], batch_format="pyarrow").materialize()
+    errors = cat.map_batches(lambda t: _split(t)[1], batch_format="pyarrow").materialize()
+    counts = {"rows": cat.count(), "good": good.count(), "errors": errors.count()}
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+        target = f"{out}/{sub}"
+        if "://" not in target:
+            target = os.path.abspath(target)
+            os.makedirs(target, exist_ok=True)
+        part.write_parquet(target, mode=mode)
+    return counts
+
+
+# ----------------------------------------------------------------------------- per-file store
+def shard_key(source: str) -> str:
+    """File name (without extension) for one input file's output: readable and unique."""
+    from pipeline.io.files import file_stem
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", file_stem(source))[:80] or "shard"
+    return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
+
+
+def check_options(out: str | os.PathLike, spec: dict) -> None:
+    """Record ``spec`` (what decides the values of a resumable output directory ``out``) in
+    ``out/_shards/_options.json`` when it is new; when it is resumed, refuse another: one
+    catalogue must not mix two thresholds, checkpoints or precisions without saying so."""
+    path = Path(out) / SHARDS_DIR / "_options.json"
+    spec = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
+    if not path.is_file():
+        write_json(path, spec)
+        return
+    old = json.loads(path.read_text())
+    changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
+               for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
+    if changed:
+        raise ValueError(f"{out} was written with other options ({'; '.join(changed)}); "
+                         "rerun with the same options to resume it, or write to a new --out")
+
+
+class CatalogStore:
+    """A catalogue in ``out`` written one input file at a time, in the order the rows arrive.
+
+    Opening it creates the directories and notes which of ``sources`` are finished already
+    (``pending`` lists the others). :meth:`add` takes ordered pyarrow tables of output rows (all
+    rows of a file together, in ``sources`` order; any split across tables); a file is committed
+    (catalogue, errors, then its marker) as soon as the next one begins, the last by
+    :meth:`close`.
+    """
+
+    def __init__(self, out: str | os.PathLike, sources: Sequence[str]):
+        self.out = Path(out)
+        self.keys = {s: shard_key(s) for s in sources}
+        for sub in (CATALOG_DIR, ERRORS_DIR, SHARDS_DIR):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        self.pending = [s for s in sources if self._marker(s) is None]
+        self._expected = set(self.pending)
+        self.current: str | None = None
+        self.parts: list = []
+        self.done: dict[str, dict] = {}  # finished by this run: source -> marker
+        self.models: dict[str, str] = {}  # provenance column -> first value seen
+        self.empty: list[str] = []
+        self.rows_seen = self.candidates_seen = 0
+
+    # ------------------------------------------------------------------ options
+    def check_options(self, spec: dict) -> None:
+        """:func:`check_options` of this store's directory."""
+        check_options(self.out, spec)
+
+    # ------------------------------------------------------------------ writing
+    def add(self, table) -> None:
+        """Take the next ordered output rows (a pyarrow table)."""
+        sources = table.column(schema.SOURCE).to_pylist()
+        start = 0
+        for i in range(1, len(sources) + 1):
+            if i == len(sources) or sources[i] != sources[start]:
+                self._take(sources[start], table.slice(start, i - start))
+                start = i
+
+    def _take(self, source: str, part) -> None:
+        if source != self.current:
+            self._commit()
+            if source in self.done:
+                raise RuntimeError(f"{source}: rows arrived after the file was written (row order "
+                                   "was not preserved); rerun with the same --out to repair")
+            if source not in self._expected:
+                raise RuntimeError(f"{source}: rows from a file that was not asked for")
+            self.current = source
+        self.parts.append(part)
+        self.rows_seen += part.num_rows
+        self.candidates_seen += _candidates(part)
+
+    def close(self) -> None:
+        """After a complete run: commit the last file; files that gave no row at all are empty
+        (every row was delivered), so they are finished too."""
+        self._commit()
+        for source in self.missing():
+            self._finish(source, dict.fromkeys(COUNTS, 0))
+            self.empty.append(source)
+
+    def _commit(self) -> None:
+        """Write the current file's catalogue and error rows, then its marker."""
+        if self.current is None:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables(self.parts, promote_options="permissive")
+        good, errors = catalog_parts(table)
+        key = self.keys[self.current]
+        for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+            target = self.out / sub / f"{key}.parquet"
+            if part.num_rows:
+                atomic_write(target, lambda f, part=part: pq.write_table(part, f), sync=False)
+            else:
+                target.unlink(missing_ok=True)  # a stale file from an interrupted run
+        for name in table.column_names:
+            if name.startswith(schema.PROVENANCE_PREFIX) and name not in self.models:
+                tags = [t for t in table.column(name).to_pylist() if t]
+                if tags:
+                    self.models[name] = tags[0]
+        self._finish(self.current, {"rows": table.num_rows, "good": good.num_rows,
+                                    "errors": errors.num_rows, "candidates": _candidates(table)})
+        self.current, self.parts = None, []
+
+    def _finish(self, source: str, counts: dict) -> None:
+        marker = {"source": source, **counts}
+        write_json(self.out / SHARDS_DIR / f"{self.keys[source]}.json", marker)
+        self.done[source] = marker
+
+    # ------------------------------------------------------------------ reading back
+    def missing(self) -> list[str]:
+        """Pending files that have produced no row (yet)."""
+        return [s for s in self.pending if s not in self.done]
+
+    def counts(self) -> dict[str, int]:
+        """Counts of the files finished by this run."""
+        return {k: sum(m[k] for m in self.done.values()) for k in COUNTS}
+
+    def totals(self) -> dict[str, int]:
+        """Counts of every source's marker, and the rows actually on disk (an independent check)."""
+        import pyarrow.parquet as pq
+
+        markers = [self._marker(s) for s in self.keys]
+        out = {k: sum(m[k] for m in markers if m) for k in COUNTS}
+        for sub in (CATALOG_DIR, ERRORS_DIR):
+            files = [self.out / sub / f"{k}.parquet" for k in self.keys.values()]
+            out[f"{sub}_parquet_rows"] = sum(pq.ParquetFile(f).metadata.num_rows
+                                             for f in files if f.is_file())
+        return out
+
+    def _marker(self, source: str) -> dict | None:
+        path = self.out / SHARDS_DIR / f"{self.keys[source]}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _candidates(table) -> int:
+    if schema.CANDIDATE not in table.column_names:
+        return 0
+    return int(np.asarray(table.column(schema.CANDIDATE).to_numpy(zero_copy_only=False)).sum())
