@@ -23,7 +23,7 @@ from astropy.wcs import WCS
 
 from pipeline.io import CutoutReadError, read_tiles
 from pipeline.io.sources import load_catalog
-from pipeline.io.tiles import cut_piece, find_tiles, plan_tiles
+from pipeline.io.tiles import cut_piece, find_tiles, plan_tiles, to_block
 
 SIZE = 16
 N = 160  # tile side, px
@@ -230,6 +230,7 @@ def test_pieces_cover_every_row_once_in_whole_strips_where_they_fit(tmp_path):
     strips = [set(np.floor(np.maximum(p.y[:, 0], 0) / p.strip_rows).astype(int)) for p in pieces]
     split = [s for a, b in zip(strips, strips[1:], strict=False) for s in a & b]
     assert len(split) <= len(pieces) // 2, (split, sizes)
+    assert [len(p) for p in plan.pieces(max_rows=1)] == [1] * n  # --shard-size 1 once looped
 
 
 def test_catalogue_columns_come_through_with_their_types(field):
@@ -239,6 +240,11 @@ def test_catalogue_columns_come_through_with_their_types(field):
     for rid, mag, flag in zip(cat["id"], cat["mag"], cat["flag"], strict=True):
         assert rows[rid]["mag"] == mag and rows[rid]["flag"] == flag
     assert plan.catalog.extra.schema.field("flag").type == pa.bool_()
+    # Every block has one schema, pieces without errors too (an all-null error is a string).
+    blocks = [to_block(*cut_piece(p)) for p in plan.pieces(max_rows=1)]
+    assert any(b.column("error").null_count == len(b) for b in blocks)
+    assert len({b.schema for b in blocks}) == 1
+    assert blocks[0].schema.field("error").type == pa.string()
     only = plan_tiles(str(d / "[A-E]_{band}.fits"), load_catalog(cat, columns=["mag"]), SIZE,
                       ["VIS"])
     assert only.catalog.extra.column_names == ["mag"]

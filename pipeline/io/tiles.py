@@ -397,7 +397,7 @@ class TilePlan:
                 stop = min(start + max_rows, len(rows))  # leaves at least half a piece
                 if stop < len(rows) and strip[stop] == strip[stop - 1]:
                     boundary = int(np.searchsorted(strip, strip[stop - 1]))
-                    if boundary - start >= max_rows // 2:
+                    if boundary - start >= max(1, max_rows // 2):  # never an empty piece
                         stop = boundary
                 out.append(self._piece(self.units[u], rows[start:stop], high))
                 start = stop
@@ -731,13 +731,12 @@ def _read_piece(piece: Piece, strict: bool) -> Iterator[Any]:
 
 
 def to_block(batch: dict[str, np.ndarray], extra: Any):
-    """A ``pyarrow.Table`` block: the base columns, then the catalogue's columns as they were
-    typed in the catalogue (so every block has the same schema)."""
-    import pyarrow as pa
+    """A ``pyarrow.Table`` block: the base columns (all-null ones typed as strings, like
+    ``read_cutouts``' blocks), then the catalogue's columns as they were typed in the catalogue
+    (so every block has the same schema)."""
     from ray.data.block import BlockAccessor
 
-    table = BlockAccessor.batch_to_block({k: v for k, v in batch.items() if k != schema.ERROR})
-    table = table.append_column(schema.ERROR, pa.array(list(batch[schema.ERROR]), pa.string()))
+    table = schema.string_nulls(BlockAccessor.batch_to_block(batch))
     for name in extra.column_names:
         table = table.append_column(name, extra.column(name))
     return table
