@@ -96,8 +96,9 @@ def _label(row: dict) -> tuple[str, str]:
 
 
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size=None,
-                  columns: int = 4) -> Path:
-    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``."""
+                  columns: int = 4, images: list | None = None) -> Path:
+    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``; ``images``: the
+    rows' cutouts when they cannot be read again from their source file (tiles)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +109,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, bands=None, size
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = _cutouts(rows, bands, size)
+    images = _cutouts(rows, bands, size) if images is None else images
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):

@@ -14,6 +14,9 @@ rows to a :class:`pipeline.io.CatalogStore`, which writes per input file (shard)
 then writes ``OUT/summary.json`` (counts: rows in = catalogue + errors, timings, throughput) and
 ``OUT/gallery.png`` (the top candidates with their scores).
 
+From survey tiles, ``inputs`` is a :class:`pipeline.io.tiles.TilePlan` instead of a listing: its
+units (tiles) are the files, and its read tasks cut the cutouts (docs/architecture.md).
+
 **Resumable.** Ray Data preserves row order here, so all rows of a file arrive together and the
 store commits a file as soon as the next one begins (catalogue, errors, then the marker, each
 written atomically). A rerun with the same ``OUT`` skips files that have a marker and rewrites
@@ -77,9 +80,12 @@ def run_cascade(
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
     Args:
-        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`).
+        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`),
+            or a :class:`pipeline.io.tiles.TilePlan` (tiles + a source catalogue, from
+            :func:`pipeline.io.plan_tiles`), whose units (tiles) are then the files.
         out: output directory (created; an existing one is resumed).
-        bands, size: passed to ``read_cutouts`` (must match what the models expect).
+        bands, size: passed to ``read_cutouts`` (must match what the models expect); a plan's
+            own bands and size replace them.
         stages: stage names in order (any of ``pipeline.models.STAGES``), or
             ready Stage objects (your own included).
         threshold / top_fraction: the detector's candidate cut (see ``LensDetect``).
@@ -102,6 +108,7 @@ def run_cascade(
     from pipeline.compose import Pipeline
     from pipeline.io import CatalogStore, list_inputs
     from pipeline.io.catalog import CATALOG_DIR
+    from pipeline.io.tiles import TilePlan
     from pipeline.io.writers import write_json
     from pipeline.stages import Stage
 
@@ -116,18 +123,25 @@ def run_cascade(
                                   batch_size=batch_size, checkpoints=checkpoints,
                                   precision=precision)
     pipeline = Pipeline(stage_objs, fuse=fuse)
-    listed = list_inputs(inputs)  # the one listing of this run (sizes included)
-    files = list(listed.files)
+    plan = inputs if isinstance(inputs, TilePlan) else None
+    if plan is not None:  # the plan's units (tiles) are the files; its bands and size rule
+        listed, files = None, list(plan.units)
+        bands, size = list(plan.bands), plan.size
+    else:
+        listed = list_inputs(inputs)  # the one listing of this run (sizes included)
+        files = list(listed.files)
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
                          ", ".join(sorted({f for f in files if files.count(f) > 1})))
     store = CatalogStore(out, files)
-    store.check_options(_options_spec(stage_objs, bands, size))
+    store.check_options({**_options_spec(stage_objs, bands, size),
+                         **(plan.spec if plan is not None else {})})
 
     t_cascade = time.perf_counter()
     if store.pending:
-        _stream(pipeline, listed.subset(store.pending), store, bands=bands, size=size,
-                strict=strict, progress=progress, buffer_gib=buffer_gib)
+        todo = store.pending if plan is not None else listed.subset(store.pending)
+        _stream(pipeline, todo, store, bands=bands, size=size, strict=strict,
+                progress=progress, buffer_gib=buffer_gib, plan=plan)
     t_written = time.perf_counter()
 
     total = store.totals()
@@ -153,15 +167,19 @@ def run_cascade(
 
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
-        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size))
+        images = plan.cutouts([r[schema.INDEX] for r in rows]) if plan is not None else None
+        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", bands=bands, size=size,
+                                               images=images))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     write_json(out / "summary.json", summary)
     return summary
 
 
-def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gib) -> None:
-    """Read ``inputs``, run the stages and hand every output block to ``store``, in order."""
+def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gib,
+            plan=None) -> None:
+    """Read ``inputs`` (or cut the tiles ``inputs`` of ``plan``), run the stages and hand every
+    output block to ``store``, in order."""
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
@@ -178,7 +196,11 @@ def _stream(pipeline, inputs, store, *, bands, size, strict, progress, buffer_gi
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = pipeline.run_files(inputs, bands=bands, size=size, strict=strict, drop=[schema.IMAGE])
+        if plan is not None:
+            ds = pipeline.run(plan.dataset(inputs, strict=strict), drop=[schema.IMAGE])
+        else:
+            ds = pipeline.run_files(inputs, bands=bands, size=size, strict=strict,
+                                    drop=[schema.IMAGE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -26,6 +26,7 @@ LAYER_OF = {
     "pipeline.train": "train",
     "pipeline.run": "run",
     "pipeline.demo": "run",
+    "pipeline.cutout": "run",
     "pipeline.gallery": "run",
     "pipeline.cli": "cli",
 }

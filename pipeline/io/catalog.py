@@ -165,6 +165,23 @@ def shard_key(source: str) -> str:
     return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
+def check_options(out: str | os.PathLike, spec: dict) -> None:
+    """Record ``spec`` (what decides the values of a resumable output directory ``out``) in
+    ``out/_shards/_options.json`` when it is new; when it is resumed, refuse another: one
+    catalogue must not mix two thresholds, checkpoints or precisions without saying so."""
+    path = Path(out) / SHARDS_DIR / "_options.json"
+    spec = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
+    if not path.is_file():
+        write_json(path, spec)
+        return
+    old = json.loads(path.read_text())
+    changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
+               for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
+    if changed:
+        raise ValueError(f"{out} was written with other options ({'; '.join(changed)}); "
+                         "rerun with the same options to resume it, or write to a new --out")
+
+
 class CatalogStore:
     """A catalogue in ``out`` written one input file at a time, in the order the rows arrive.
 
@@ -191,20 +208,8 @@ class CatalogStore:
 
     # ------------------------------------------------------------------ options
     def check_options(self, spec: dict) -> None:
-        """Record ``spec`` (what decides the catalogue's values) in a new store; in a resumed
-        one, refuse another: one catalogue must not mix two thresholds, checkpoints or
-        precisions without saying so."""
-        path = self.out / SHARDS_DIR / "_options.json"
-        spec = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
-        if not path.is_file():
-            write_json(path, spec)
-            return
-        old = json.loads(path.read_text())
-        changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
-                   for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
-        if changed:
-            raise ValueError(f"{self.out} was written with other options ({'; '.join(changed)}); "
-                             "rerun with the same options to resume it, or write to a new --out")
+        """:func:`check_options` of this store's directory."""
+        check_options(self.out, spec)
 
     # ------------------------------------------------------------------ writing
     def add(self, table) -> None:
