@@ -130,8 +130,8 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
         row["real_lenses_above_p95_nonlens"] = float(
             (lens > np.percentile(np.r_[non, p_sdss], 95)).mean())
     for sim, data_dir in sims.items():
-        if len(config["bands"]) != len(json.loads((pathlib.Path(data_dir) / "manifest.json")
-                                                  .read_text())["bands"]):
+        preset = json.loads((pathlib.Path(data_dir) / "manifest.json").read_text())["preset"]
+        if preset != config["trained"]["preset"]:  # a model is scored on its own survey's sims
             continue
         data = collect(data_dir, "test", config)
         m = lens_metrics(data["is_lens"], p_lens(data["image"]))

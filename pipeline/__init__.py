@@ -5,6 +5,7 @@ The main road is ``FITS files -> Pipeline([Denoise(), LensDetect(), Substructure
     import pipeline as lp
     pipe = lp.Pipeline([lp.Denoise(), lp.LensDetect(threshold=0.9), lp.Substructure()])
     cat = pipe.run_files("cutouts/*.fits", bands=["VIS"], size=64)   # or pipe.run(read_cutouts(...))
+    cat = pipe.run(lp.read_tiles("tiles/*_{band}.fits", "sources.parquet", size=64, bands=["VIS"]))
 
 Heavy imports (Ray, torch) happen on first use of a name, so ``import pipeline`` stays fast.
 """
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # public name -> module that defines it
 _LAZY = {
     "read_cutouts": "pipeline.io",
+    "read_tiles": "pipeline.io",
     "write_cube_shard": "pipeline.io",
     "write_catalog": "pipeline.io",
     "create_model": "pipeline.models",

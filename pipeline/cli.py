@@ -307,9 +307,36 @@ def _run_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tile_inputs(p: argparse.ArgumentParser, required: bool) -> None:
+    """Survey tiles and a source catalogue (``run --tiles``, ``cutout``)."""
+    p.add_argument("--tiles", nargs="+", default=None, required=required, metavar="TILES",
+                   help="FITS tiles with a WCS: files, globs or a pattern with {band}, e.g. "
+                   "'tiles/*_{band}.fits' (quote it)")
+    p.add_argument("--catalog", default=None, required=required,
+                   help="source catalogue: Parquet, CSV or FITS table with id, RA, Dec")
+    p.add_argument("--id-column", default=None, help="catalogue id column (default: id, ...)")
+    p.add_argument("--ra-column", default=None, help="catalogue RA column, degrees (default: ra, ...)")
+    p.add_argument("--dec-column", default=None, help="catalogue Dec column (default: dec, ...)")
+    p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
+                   help="catalogue columns to keep in the output (default: all)")
+    p.add_argument("--max-nonfinite", type=float, default=0.1,
+                   help="fraction of a cutout that may be NaN or off the tile (filled with the "
+                   "band median); more makes an error row")
+
+
+def _tile_plan(args: argparse.Namespace, size: int):
+    """The tiles' plan (which tile cuts which source) from ``--tiles``, ``--catalog`` & co."""
+    from pipeline.io import load_catalog, plan_tiles
+
+    catalog = load_catalog(args.catalog, columns=args.columns, id_column=args.id_column,
+                           ra_column=args.ra_column, dec_column=args.dec_column)
+    return plan_tiles(args.tiles, catalog, size, args.bands, max_nonfinite=args.max_nonfinite)
+
+
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="FITS files, directories, globs or URIs (s3://, gs://)")
+    _add_tile_inputs(p, required=False)
     p.add_argument("--demo", action="store_true",
                    help="simulate a small field (a few %% lenses) into OUT/demo-field and run on it")
     p.add_argument("--out", required=True, help="output dir (catalog/, errors/, summary.json, "
@@ -343,7 +370,8 @@ def _add_geometry(p: argparse.ArgumentParser) -> None:
                    "its own bands by name)")
     p.add_argument("--size", type=int, default=None,
                    help="centre-crop/pad native cutouts to N x N before the models (default: "
-                   "none; each model resamples and crops to its own size)")
+                   "none; each model resamples and crops to its own size; --tiles: cut N x N, "
+                   "default 64)")
     p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
                    help="arcsec/px of every input, instead of what the headers say (WCS, "
                    "PIXSCALE, CDELT); needed for files that say nothing")
@@ -385,8 +413,11 @@ def _run_run(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
     from pipeline.run import run_cascade
 
-    if bool(args.inputs) == args.demo:
-        raise SystemExit("lensray run: give INPUT files/dirs, or --demo (not both)")
+    if sum((bool(args.inputs), args.demo, args.tiles is not None)) != 1:
+        raise SystemExit("lensray run: give INPUT files/dirs, --tiles with --catalog, or --demo "
+                         "(one of them)")
+    if (args.tiles is None) != (args.catalog is None):
+        raise SystemExit("lensray run: --tiles and --catalog go together")
     kwargs = dict(
         **_cascade_options(args), threshold=args.threshold,
         top_fraction=args.top_fraction, batch_size=args.batch_size, strict=args.strict,
@@ -398,6 +429,8 @@ def _run_run(args: argparse.Namespace) -> int:
     try:  # bad options, checkpoints, inputs or a resumed --out with other options
         if args.demo:
             summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
+        elif args.tiles:
+            summary = run_cascade(_tile_plan(args, args.size or 64), args.out, **kwargs)
         else:
             summary = run_cascade(args.inputs, args.out, **kwargs)
     except (OSError, ValueError) as exc:
@@ -409,9 +442,38 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cutout(p: argparse.ArgumentParser) -> None:
+    _add_tile_inputs(p, required=True)
+    p.add_argument("--out", required=True, help="output dir (shards/, errors/, summary.json); "
+                   "rerunning with the same dir skips finished shards")
+    p.add_argument("--bands", nargs="+", default=None, help="bands in order, e.g. VIS NIR_H")
+    p.add_argument("--size", type=int, default=64, help="cutout side in pixels")
+    p.add_argument("--shard-size", type=int, default=1000, help="cutouts per shard (at most)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_cutout(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline._ray import ensure_ray
+    from pipeline.cutout import cut_tiles
+
+    ensure_ray(log_to_driver=False, logging_level="ERROR")
+    try:
+        summary = cut_tiles(_tile_plan(args, args.size), args.out, shard_size=args.shard_size,
+                            progress=not args.no_progress)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray cutout: {exc}") from None
+    print(json.dumps({k: summary[k] for k in ("units", "total", "throughput_rows_per_s")},
+                     indent=2))
+    print(f"shards: {args.out}/shards/  errors: {args.out}/errors/")
+    return 0
+
+
 COMMANDS: dict[str, tuple] = {
     "run": (_add_run, _run_run, "run the cascade (denoise, lens-detect, substructure) into a catalogue"),
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
+    "cutout": (_add_cutout, _run_cutout, "cut survey tiles around catalogue sources into cube shards"),
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
     "train": (_add_train, _run_train, "train a stage with Ray Train (safetensors + config out)"),
     "tune": (_add_tune, _run_tune, "search a stage's hyper-parameters with Ray Tune (ASHA)"),

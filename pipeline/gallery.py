@@ -108,10 +108,12 @@ def _label(row: dict) -> tuple[str, str]:
 
 
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | None = None,
-                  fit_to: dict | None = None, columns: int = 4, title: str | None = None) -> Path:
+                  fit_to: dict | None = None, columns: int = 4, title: str | None = None,
+                  images: list | None = None) -> Path:
     """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``, re-read with
     the run's ``read`` settings (bands, size...) and fitted to ``fit_to`` (see
-    :func:`_cutouts`); ``title`` above them (default: the top candidates)."""
+    :func:`_cutouts`), or ``images``: the rows' cutouts when they cannot be read again from
+    their source file (tiles); ``title`` above them (default: the top candidates)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +124,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = _cutouts(rows, read or {}, fit_to)
+    images = _cutouts(rows, read or {}, fit_to) if images is None else images
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):

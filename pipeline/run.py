@@ -20,6 +20,9 @@ bands, pixel scale and size.
 then writes ``OUT/summary.json`` (counts: rows in = catalogue + errors, timings, throughput) and
 ``OUT/gallery.png`` (the top candidates with their scores).
 
+From survey tiles, ``inputs`` is a :class:`pipeline.io.tiles.TilePlan` instead of a listing: its
+units (tiles) are the files, and its read tasks cut the cutouts (docs/architecture.md).
+
 **Resumable.** Ray Data preserves row order here, so all rows of a file arrive together and the
 store commits a file as soon as the next one begins (catalogue, errors, then the marker, each
 written atomically). A rerun with the same ``OUT`` skips files that have a marker and rewrites
@@ -67,13 +70,17 @@ def run_cascade(
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
     Args:
-        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`).
+        inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`),
+            or a :class:`pipeline.io.tiles.TilePlan` (tiles + a source catalogue, from
+            :func:`pipeline.io.plan_tiles`), whose units (tiles) are then the files.
         out: output directory (created; an existing one is resumed).
         bands, size: read only these bands / centre-crop native pixels to ``size`` (None:
             all bands, native shapes); each model stage then fits the rows to its checkpoint's
-            bands, pixel scale and size (``pipeline.models.fit_rows``).
+            bands, pixel scale and size (``pipeline.models.fit_rows``). A plan's own bands and
+            size replace them (its cutouts carry no pixel scale: they must be the models').
         survey: whose shipped models to run (``pipeline.surveys``); None chooses from the band
-            names of the first files (:func:`choose_survey`), falling back to the default.
+            names of the first files (:func:`choose_survey`) or of the plan, falling back to
+            the default.
         pixel_scale: arcsec/px of every input row, instead of what the headers say.
         band_names: names of the planes of files that name none (HSC cubes: g r i z y).
         stages: stage names in order (any of ``pipeline.models.STAGES``; None: every stage the
@@ -99,6 +106,7 @@ def run_cascade(
     from pipeline.compose import Pipeline
     from pipeline.io import CatalogStore, list_inputs
     from pipeline.io.catalog import CATALOG_DIR
+    from pipeline.io.tiles import TilePlan
     from pipeline.io.writers import write_json
     from pipeline.stages import Stage, build_stages
     from pipeline.surveys import get_survey
@@ -111,8 +119,13 @@ def run_cascade(
             "band_names": list(band_names) if band_names is not None else None}
     _read_options(read)  # bad options fail before any work
     out = Path(out)
-    listed = list_inputs(inputs)  # the one listing of this run (sizes included)
-    files = list(listed.files)
+    plan = inputs if isinstance(inputs, TilePlan) else None
+    if plan is not None:  # the plan's units (tiles) are the files; its bands and size rule
+        listed, files = None, list(plan.units)
+        read.update(bands=list(plan.bands), size=plan.size)
+    else:
+        listed = list_inputs(inputs)  # the one listing of this run (sizes included)
+        files = list(listed.files)
     if len(set(files)) != len(files):
         raise ValueError("the same input file is listed twice: " +
                          ", ".join(sorted({f for f in files if files.count(f) > 1})))
@@ -120,18 +133,21 @@ def run_cascade(
         stage_objs, chosen = list(stages), None
     else:
         chosen = ({"name": get_survey(survey).name, "by": "--survey"} if survey
-                  else choose_survey(listed, _read_options(read)))
+                  else choose_survey(listed, _read_options(read)) if plan is None
+                  else vote_survey([{",".join(plan.bands)}], "the tiles"))
         stage_objs = build_stages(stages, survey=chosen["name"], threshold=threshold,
                                   top_fraction=top_fraction, batch_size=batch_size,
                                   checkpoints=checkpoints, precision=precision)
     pipeline = Pipeline(stage_objs, fuse=fuse)
     store = CatalogStore(out, files)
-    store.check_options(_options_spec(stage_objs, read))
+    store.check_options({**_options_spec(stage_objs, read),
+                         **(plan.spec if plan is not None else {})})
 
     t_cascade = time.perf_counter()
     if store.pending:
-        _stream(pipeline, listed.subset(store.pending), store, read=read, strict=strict,
-                progress=progress, buffer_gib=buffer_gib)
+        todo = store.pending if plan is not None else listed.subset(store.pending)
+        _stream(pipeline, todo, store, read=read, strict=strict, progress=progress,
+                buffer_gib=buffer_gib, plan=plan)
     t_written = time.perf_counter()
 
     total = store.totals()
@@ -160,8 +176,9 @@ def run_cascade(
 
         t_g = time.perf_counter()
         rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
+        images = plan.cutouts([r[schema.INDEX] for r in rows]) if plan is not None else None
         summary["gallery"] = str(write_gallery(rows, out / "gallery.png", read=read,
-                                               fit_to=summary["geometry"]))
+                                               fit_to=summary["geometry"], images=images))
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
     write_json(out / "summary.json", summary)
@@ -187,38 +204,48 @@ def choose_survey(inputs, options=None) -> dict:
     names of the first :data:`SAMPLE_FILES` files (read here, on the driver, with the reader's
     ``options``): the survey most of them name (``pipeline.surveys.survey_for_bands``), else
     the default survey. Logs and returns ``{"name": ..., "by": why}``."""
-    from collections import Counter
-
     from pipeline.io import ReadOptions, read_fits_file
-    from pipeline.surveys import DEFAULT_SURVEY, SURVEYS, get_survey, survey_for_bands
 
     options = options or ReadOptions(geometry=True)
     sample = list(inputs.files[:SAMPLE_FILES])
-    votes: Counter = Counter()
-    named: set[str] = set()
+    named = []
     for path in sample:
         rows = read_fits_file(path, options, inputs.filesystem)
-        names = {n for n, e in zip(rows[schema.BAND_NAMES], rows[schema.ERROR], strict=True)
-                 if n and e is None}
-        named |= names
+        named.append({n for n, e in zip(rows[schema.BAND_NAMES], rows[schema.ERROR], strict=True)
+                      if n and e is None})
+    return vote_survey(named, f"the first {len(sample)} input files")
+
+
+def vote_survey(named: list[set[str]], what: str) -> dict:
+    """The survey most of ``what`` (one set of "g,r,i" band lists each) name
+    (``pipeline.surveys.survey_for_bands``), else the default survey, and why (logged)."""
+    from collections import Counter
+
+    from pipeline.surveys import DEFAULT_SURVEY, SURVEYS, get_survey, survey_for_bands
+
+    votes: Counter = Counter()
+    for names in named:
         votes.update({s.name for s in map(survey_for_bands, (n.split(",") for n in names)) if s})
     if votes:
         order = list(SURVEYS)
         name = max(votes, key=lambda k: (votes[k], -order.index(k)))
-        why = (f"survey {name}: the band names of {votes[name]} of the first {len(sample)} "
-               f"input files are its ({', '.join(get_survey(name).bands)}); pass --survey to choose")
+        why = (f"survey {name}: the band names of {votes[name]} of {what} are its "
+               f"({', '.join(get_survey(name).bands)}); pass --survey to choose")
         log.info(why)
     else:
         name = DEFAULT_SURVEY
-        has = f"band names {', '.join(sorted(named))}" if named else "no band names"
-        why = (f"survey {name} (the default): the first {len(sample)} input files have {has}, "
-               f"none of a known survey; pass --survey NAME (known: {', '.join(SURVEYS)})")
+        every = sorted(set().union(*named)) if named else []
+        has = f"band names {', '.join(every)}" if every else "no band names"
+        why = (f"survey {name} (the default): {what} have {has}, none of a known survey; "
+               f"pass --survey NAME (known: {', '.join(SURVEYS)})")
         log.warning(why)
     return {"name": name, "by": why}
 
 
-def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib) -> None:
-    """Read ``inputs``, run the stages and hand every output block to ``store``, in order."""
+def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib,
+            plan=None) -> None:
+    """Read ``inputs`` (or cut the tiles ``inputs`` of ``plan``), run the stages and hand every
+    output block to ``store``, in order."""
     from tqdm import tqdm
 
     from pipeline._ray import ensure_ray
@@ -235,8 +262,12 @@ def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib) -> N
     options.resource_limits = options.resource_limits.copy(object_store_memory=buffer_gib * 2**30)
     ctx.enable_progress_bars = False  # one bar of our own below
     try:
-        ds = pipeline.run_files(inputs, **read, strict=strict,
-                                drop=[schema.IMAGE, schema.IMAGE_SCALE])
+        if plan is not None:
+            ds = pipeline.run(plan.dataset(inputs, strict=strict),
+                              drop=[schema.IMAGE, schema.IMAGE_SCALE])
+        else:
+            ds = pipeline.run_files(inputs, **read, strict=strict,
+                                    drop=[schema.IMAGE, schema.IMAGE_SCALE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -27,6 +27,7 @@ LAYER_OF = {
     "pipeline.train": "train",
     "pipeline.run": "run",
     "pipeline.demo": "run",
+    "pipeline.cutout": "run",
     "pipeline.gallery": "run",
     "pipeline.evaluate": "run",
     "pipeline.cli": "cli",

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from _cascade import BANDS, SIZE, make_checkpoints, make_shards
 
 REPO = Path(__file__).resolve().parents[1]
-JOBS = ["run.py", "simulate.py", "train.py", "tune.py"]
+JOBS = ["run.py", "cutout.py", "simulate.py", "train.py", "tune.py"]
 
 
 @pytest.mark.parametrize("name", JOBS)
@@ -108,25 +109,33 @@ def _stop_group(proc: subprocess.Popen) -> None:
             time.sleep(0.2)
 
 
+def _submit_and_succeed(address: str, cwd: Path, script_args: list[str]) -> None:
+    """``ray job submit ... -- python SCRIPT ARGS`` on ``address``; the job must succeed (a
+    failed submission shows the CLI's own output, not only the job's absence)."""
+    job_id = f"lensray-test-{uuid.uuid4().hex[:8]}"
+    submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+              "--submission-id", job_id, "--working-dir", str(REPO), "--", "python", *script_args]
+    res = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=400, cwd=cwd)
+    said = f"exit {res.returncode}\n" + res.stdout[-3000:] + res.stderr[-3000:]
+    try:
+        with urllib.request.urlopen(f"{address}/api/jobs/{job_id}", timeout=30) as r:
+            status = json.load(r)["status"]
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"job {job_id} not on the cluster ({exc}): {said}") from None
+    assert status == "SUCCEEDED", said
+
+
 def test_ray_job_submit_runs_the_cascade(ray_cluster, tmp_path):
     counts = [12, 9]
     shards = make_shards(tmp_path / "field", counts, seed=3)
     ckpts = make_checkpoints(tmp_path / "ckpt")
     out = tmp_path / "out"
-    job_id = f"lensray-test-{uuid.uuid4().hex[:8]}"
-    submit = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster,
-        "--submission-id", job_id, "--working-dir", str(REPO), "--",
-        "python", "jobs/run.py", str(tmp_path / "field"), "--out", str(out),
+    _submit_and_succeed(ray_cluster, tmp_path, [
+        "jobs/run.py", str(tmp_path / "field"), "--out", str(out),
         "--bands", *BANDS, "--size", str(SIZE), "--batch-size", "8", "--threshold", "0.5",
         "--stages", "lens-detect", "--lens-detect-checkpoint", str(ckpts["lens-detect"]),
         "--gallery", "4", "--no-progress",
-    ]
-    res = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=400,
-                         cwd=tmp_path)
-    with urllib.request.urlopen(f"{ray_cluster}/api/jobs/{job_id}", timeout=30) as r:
-        status = json.load(r)["status"]
-    assert status == "SUCCEEDED", res.stdout[-3000:] + res.stderr[-3000:]
+    ])
     cat = pq.read_table(out / "catalog").to_pandas()
     assert len(cat) == sum(counts) and cat["id"].is_unique
     assert set(cat["source"]) == {str(p) for p in shards}
@@ -134,3 +143,34 @@ def test_ray_job_submit_runs_the_cascade(ray_cluster, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["adds_up"] and summary["total"]["rows"] == sum(counts)
     assert (out / "gallery.png").is_file()
+
+
+def test_ray_job_submit_cuts_tiles_into_shards(ray_cluster, tmp_path):
+    """jobs/cutout.py on the cluster: a tile and a catalogue in, cube shards out."""
+    import numpy as np
+    import pyarrow as pa
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix = [10.0, 20.0], [50.5, 50.5]
+    w.wcs.cd = np.diag([-1.0, 1.0]) * 0.1 / 3600
+    (tmp_path / "tiles").mkdir()
+    fits.PrimaryHDU(np.random.default_rng(1).normal(size=(100, 100)).astype(np.float32),
+                    w.to_header()).writeto(tmp_path / "tiles" / "t_VIS.fits")
+    ra, dec = w.wcs_pix2world([20.0, 50.0, 70.0, 500.0], [30.0, 50.0, 60.0, 50.0], 0)
+    pq.write_table(pa.table({"id": ["a", "b", "c", "off"], "ra": ra, "dec": dec}),
+                   tmp_path / "sources.parquet")
+    out = tmp_path / "cubes"
+    _submit_and_succeed(ray_cluster, tmp_path, [
+        "jobs/cutout.py", "--tiles", str(tmp_path / "tiles" / "*_{band}.fits"),
+        "--catalog", str(tmp_path / "sources.parquet"), "--bands", "VIS", "--size", "16",
+        "--out", str(out), "--no-progress",
+    ])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adds_up"] and summary["total"] == {"rows": 4, "good": 3, "errors": 1}
+    (shard,) = (out / "shards").glob("*.fits")
+    with fits.open(shard) as h:
+        assert sorted(h["CATALOG"].data["id"]) == ["a", "b", "c"]
+        assert h["CUTOUTS"].data.shape == (3, 1, 16, 16)

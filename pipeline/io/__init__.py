@@ -3,6 +3,8 @@
 - :func:`read_cutouts` reads FITS cutouts (single images, multi-extension multi-band files,
   multi-HDU files, lensray cube shards) from files, directories, globs or URIs into a Ray Dataset.
 - :func:`decode_fits` / :func:`read_fits_file` are the same parsing without Ray (one file).
+- :func:`read_tiles` cuts a cutout around every source of a catalogue from survey tiles (FITS
+  images with a WCS, one per band) into the same rows, plus the catalogue's columns.
 - :func:`list_inputs` lists a job's input files once (with their sizes) for all of the above.
 - :func:`write_cube_shard` writes N cutouts + their label table as one FITS cube shard.
 - :func:`write_catalog` writes a Dataset/table as Parquet, good rows and error rows apart;
@@ -26,6 +28,9 @@ _LAZY = {
     "Inputs": "pipeline.io.files",
     "list_inputs": "pipeline.io.files",
     "read_cutouts": "pipeline.io.reader",
+    "load_catalog": "pipeline.io.sources",
+    "plan_tiles": "pipeline.io.tiles",
+    "read_tiles": "pipeline.io.tiles",
     "write_cube_shard": "pipeline.io.writers",
 }
 

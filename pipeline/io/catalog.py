@@ -167,6 +167,31 @@ def shard_key(source: str) -> str:
     return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
+def check_options(out: str | os.PathLike, spec: dict) -> None:
+    """Record ``spec`` (what decides the values of a resumable output directory ``out``) in
+    ``out/_shards/_options.json`` when it is new; when it is resumed, refuse another: one
+    catalogue must not mix two thresholds, checkpoints or precisions without saying so."""
+    path = Path(out) / OPTIONS_FILE
+    spec = _as_saved(spec)
+    if not path.is_file():
+        write_json(path, spec)
+        return
+    _refuse_other(out, json.loads(path.read_text()), spec)
+
+
+def _as_saved(spec: dict) -> dict:
+    """``spec`` as it reads back from disk."""
+    return json.loads(json.dumps(spec, default=str))
+
+
+def _refuse_other(out, old: dict, spec: dict) -> None:
+    changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
+               for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
+    if changed:
+        raise ValueError(f"{out} was written with other options ({'; '.join(changed)}); "
+                         "rerun with the same options to resume it, or write to a new --out")
+
+
 class CatalogStore:
     """A catalogue in ``out`` written one input file at a time, in the order the rows arrive.
 
@@ -195,20 +220,14 @@ class CatalogStore:
     # ------------------------------------------------------------------ options
     def check_options(self, spec: dict) -> None:
         """Take ``spec`` (what decides the catalogue's values), recorded with the first file
-        this store finishes; in a store with finished files, refuse another: one catalogue must
-        not mix two thresholds, checkpoints or precisions without saying so. A run that failed
-        or was stopped before finishing a file binds nothing."""
+        this store finishes; in a store with finished files, refuse another (as
+        :func:`check_options`). A run that failed or was stopped before finishing a file binds
+        nothing."""
         path = self.out / OPTIONS_FILE
-        self._options = json.loads(json.dumps(spec, default=str))  # as it reads back from disk
+        self._options = _as_saved(spec)
         finished = any(p.name != OPTIONS_FILE.name for p in (self.out / SHARDS_DIR).glob("*.json"))
-        if not (finished and path.is_file()):
-            return
-        spec, old = self._options, json.loads(path.read_text())
-        changed = [f"{k}: {old.get(k)!r} then, {spec.get(k)!r} now"
-                   for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
-        if changed:
-            raise ValueError(f"{self.out} was written with other options ({'; '.join(changed)}); "
-                             "rerun with the same options to resume it, or write to a new --out")
+        if finished and path.is_file():
+            _refuse_other(self.out, json.loads(path.read_text()), self._options)
 
     # ------------------------------------------------------------------ writing
     def add(self, table) -> None:

@@ -27,7 +27,8 @@ def band_median(images: np.ndarray) -> np.ndarray:
         med = np.median(flat, axis=-1)
     else:
         masked = np.where(np.isfinite(flat), flat, np.nan)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN band: an error row anyway
             med = np.nanmedian(masked, axis=-1) if masked.size else np.zeros(flat.shape[:-1])
         med = np.nan_to_num(med, nan=0.0)
     return med[..., None, None].astype(images.dtype, copy=False)
@@ -71,7 +72,9 @@ def fix_nonfinite(images: np.ndarray, max_fraction: float) -> tuple[np.ndarray, 
             f"{100 * worst[i]:.1f}% non-finite pixels in band {b} "
             f"(more than max_nonfinite={max_fraction:g})"
         )
-    images = np.where(finite, images, band_median(images))
+    rows = np.flatnonzero(worst > 0)  # medians only where needed (nanmedian is slow)
+    images = images.copy()
+    images[rows] = np.where(finite[rows], images[rows], band_median(images[rows]))
     return images, reasons
 
 

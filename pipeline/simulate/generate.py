@@ -41,8 +41,8 @@ import numpy as np
 from pipeline.io.files import sha256_file
 from pipeline.simulate.instruments import ConfigError, Preset, get_preset
 from pipeline.simulate.priors import HARD_NEGATIVES, LENS_KIND, Priors, default_priors
+from pipeline.simulate.real_sources import read_source_stamps
 from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene, unlensed
-from pipeline.simulate.sources import read_source_stamps
 
 TASKS = ("lens", "substructure")
 BACKENDS = ("lenstronomy", "caustics")
@@ -89,7 +89,7 @@ def make_config(preset: str, task: str, n: int, seed: int, *, size: int | None =
                 split_fractions=(0.8, 0.1, 0.1), clean: bool = False,
                 backend: str = "lenstronomy", matched: bool = False, sources=()) -> SimConfig:
     """Check a request and return it as a SimConfig; raise ConfigError before any work.
-    ``sources``: real source stamps (``sources.read_source_stamps``) for the lens task."""
+    ``sources``: real source stamps (``real_sources.read_source_stamps``) for the lens task."""
     p = get_preset(preset, size)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r} (available: {', '.join(TASKS)})")
@@ -337,7 +337,7 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
         matched: every lens rendered once per class (substructure) or with and without its
             source (lens task, plus extra hard negatives) (see module doc).
         sources: real galaxy stamps (files, globs, directories, URIs; e.g. HST cutouts) as the
-            lens task's source galaxies instead of clumpy Sersics (``pipeline.simulate.sources``).
+            lens task's source galaxies instead of clumpy Sersics (``pipeline.simulate.real_sources``).
         overwrite: replace an existing output directory's manifest and shards.
         progress: tqdm bar over finished shards.
 

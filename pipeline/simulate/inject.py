@@ -118,7 +118,7 @@ def inject_lens(rng: np.random.Generator, bg: Background, preset: Preset, priors
                 snr_range=SNR_RANGE, sources=()) -> tuple[np.ndarray, np.ndarray, dict]:
     """A lens made of ``bg`` (module doc): returns the image with arcs and Poisson noise added,
     the noiseless arcs (both in the file's units) and the labels. ``sources``: real source
-    stamps (``pipeline.simulate.sources``) instead of clumpy Sersic sources."""
+    stamps (``pipeline.simulate.real_sources``) instead of clumpy Sersic sources."""
     from pipeline.simulate.psf import nominal_kernel
     from pipeline.simulate.render import LenstronomyRenderer
     from pipeline.simulate.scenes import LENS_LABELS, Scene, add_lens
@@ -263,7 +263,7 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
     from pipeline.simulate.generate import MANIFEST, SPLITS, _versions
     from pipeline.simulate.instruments import get_preset
     from pipeline.simulate.priors import default_priors
-    from pipeline.simulate.sources import read_source_stamps
+    from pipeline.simulate.real_sources import read_source_stamps
 
     p = get_preset(preset, size)
     pri = default_priors(preset) if priors is None else (

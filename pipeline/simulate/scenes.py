@@ -27,7 +27,7 @@ from pipeline.simulate import substructure as sub
 from pipeline.simulate.galaxies import Light, u
 from pipeline.simulate.instruments import Preset
 from pipeline.simulate.priors import LENS_KIND, SUBSTRUCTURE_CLASSES, Priors
-from pipeline.simulate.sources import real_source
+from pipeline.simulate.real_sources import real_source
 
 # Label columns of each task, with the value used when a label does not apply to a row.
 NAN = float("nan")
@@ -98,7 +98,7 @@ def _redshifts(rng, priors: Priors) -> tuple[float, float]:
 
 def source_light(rng, preset: Preset, priors: Priors, mag: float, centre, max_clumps: int,
                  sources=()) -> tuple[list[Light], dict]:
-    """A source galaxy: one of the real ``sources`` stamps when given (``sources.real_source``),
+    """A source galaxy: one of the real ``sources`` stamps when given (``real_sources.real_source``),
     else a clumpy Sersic (``galaxies.star_forming``)."""
     if sources:
         return real_source(rng, preset, priors, mag, centre, sources)

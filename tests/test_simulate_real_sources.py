@@ -1,4 +1,4 @@
-"""Real galaxies as lensed sources (pipeline.simulate.sources, ``lensray simulate --sources``):
+"""Real galaxies as lensed sources (pipeline.simulate.real_sources, ``lensray simulate --sources``):
 stamp cleaning, flux and size of the placed source, lensing magnifies it, and a set made on Ray
 from the HST fixtures."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline.simulate import default_priors, get_preset
+from pipeline.simulate.real_sources import SourceStamp, clean_stamp, read_source_stamps, real_source
 from pipeline.simulate.render import LenstronomyRenderer
 from pipeline.simulate.scenes import Scene
-from pipeline.simulate.sources import SourceStamp, clean_stamp, read_source_stamps, real_source
 
 HST = "tests/data/real/hst"
 
