@@ -82,10 +82,8 @@ def image_stats(images: np.ndarray, border: int = 4) -> tuple[np.ndarray, np.nda
     """Robust sky level and noise per image and band from a frame ``border`` pixels wide.
 
     ``images`` is (N, B, H, W). Returns ``sky`` and ``noise``, each (N, B). Non-finite pixels are
-    ignored (a frame with none finite, the NaN padding of a small cutout fitted to a model, falls
-    back to the whole cutout's median and MAD); a noise of zero (noiseless or constant cutouts)
-    falls back to the standard deviation of the whole cutout, then to 1, so normalising never
-    divides by zero.
+    ignored; a noise of zero (noiseless or constant cutouts) falls back to the standard deviation
+    of the whole cutout, then to 1, so normalising never divides by zero.
     """
     x = np.asarray(images, dtype=np.float64)
     if x.ndim != 4:
@@ -96,17 +94,11 @@ def image_stats(images: np.ndarray, border: int = 4) -> tuple[np.ndarray, np.nda
         [x[..., :bw, :].reshape(n, b, -1), x[..., -bw:, :].reshape(n, b, -1),
          x[..., bw:-bw, :bw].reshape(n, b, -1), x[..., bw:-bw, -bw:].reshape(n, b, -1)], axis=-1
     )
-    flat = x.reshape(n, b, -1)
     with warnings.catch_warnings():  # all-NaN frames are handled below
         warnings.simplefilter("ignore", RuntimeWarning)
         sky = np.nanmedian(frame, axis=-1)
         noise = 1.4826 * np.nanmedian(np.abs(frame - sky[..., None]), axis=-1)
-        blank = ~np.isfinite(sky)  # a frame of padding only
-        if blank.any():
-            inner = flat[blank]
-            sky[blank] = np.nanmedian(inner, axis=-1)
-            noise[blank] = 1.4826 * np.nanmedian(np.abs(inner - sky[blank][:, None]), axis=-1)
-        whole = np.nanstd(flat, axis=-1)
+        whole = np.nanstd(x.reshape(n, b, -1), axis=-1)
     sky = np.where(np.isfinite(sky), sky, 0.0)
     bad = ~(noise > 0) | ~np.isfinite(noise)
     noise = np.where(bad, whole, noise)
