@@ -108,7 +108,7 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
     # ``A+B+...``: an ensemble, the mean p_lens of its members (same bands and geometry)
     members = [load_pretrained("lens-detect") if c == "shipped" else load_checkpoint(c)
                for c in ckpt.split("+")]
-    model, config = members[0]
+    config = members[0][1]
 
     def p_lens(images):
         return np.mean([predict(m, c, images)["p_lens"] for m, c in members], axis=0)

@@ -41,7 +41,7 @@ import numpy as np
 from pipeline.io.files import sha256_file
 from pipeline.simulate.instruments import ConfigError, Preset, get_preset
 from pipeline.simulate.priors import HARD_NEGATIVES, LENS_KIND, Priors, default_priors
-from pipeline.simulate.real_sources import read_source_stamps
+from pipeline.simulate.real_sources import read_source_stamps, sources_manifest
 from pipeline.simulate.scenes import TASK_LABELS, allocate, sample_scene, unlensed
 
 TASKS = ("lens", "substructure")
@@ -358,9 +358,13 @@ def simulate(preset: str, task: str, n: int, seed: int, out: str | os.PathLike, 
                 old.unlink()
     entries = _run(cfg, specs, progress)
     manifest = build_manifest(cfg, entries, out)
-    if sources:  # label source_stamp indexes "stamps"
-        manifest["sources"] = {"inputs": [str(x) for x in np.atleast_1d(sources)],
-                               "stamps": [st.name for st in stamps], "skipped": skipped}
+    if sources:
+        manifest["sources"] = sources_manifest(sources, stamps, skipped)
+    return write_manifest(out, manifest)
+
+
+def write_manifest(out: pathlib.Path, manifest: dict) -> dict:
+    """Write ``out/manifest.json`` atomically (a set is complete once its manifest exists)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, default=_jsonable) + "\n")

@@ -252,18 +252,16 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
     task per group of files. Splits are by file (a hash of its name). Rows that cannot be used
     are listed in the manifest with the reason (``skipped``); counts add up. ``sources``: real
     galaxy stamps as the lensed sources (as ``simulate``)."""
-    import json
-    import os
     import pathlib
 
     from tqdm.auto import tqdm
 
     from pipeline._ray import ensure_ray
     from pipeline.io import list_inputs
-    from pipeline.simulate.generate import MANIFEST, SPLITS, _versions
+    from pipeline.simulate.generate import MANIFEST, SPLITS, _versions, write_manifest
     from pipeline.simulate.instruments import get_preset
     from pipeline.simulate.priors import default_priors
-    from pipeline.simulate.real_sources import read_source_stamps
+    from pipeline.simulate.real_sources import read_source_stamps, sources_manifest
 
     p = get_preset(preset, size)
     pri = default_priors(preset) if priors is None else (
@@ -319,10 +317,5 @@ def simulate_injections(preset: str, backgrounds, out, seed: int = 0, *, bands=N
         "splits": splits, "skipped": skipped, "priors": pri.to_dict(),
         "instrument": p.to_dict(), "versions": _versions("lenstronomy")}
     if sources:
-        manifest["sources"] = {"inputs": [str(x) for x in np.atleast_1d(sources)],
-                               "stamps": [st.name for st in stamps], "skipped": bad_stamps}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-    os.replace(tmp, out / MANIFEST)
-    return manifest
+        manifest["sources"] = sources_manifest(sources, stamps, bad_stamps)
+    return write_manifest(out, manifest)

@@ -117,6 +117,13 @@ def read_source_stamps(inputs, bands=None) -> tuple[list[SourceStamp], list[dict
     return stamps, skipped
 
 
+def sources_manifest(inputs, stamps: list[SourceStamp], skipped: list[dict]) -> dict:
+    """The manifest's ``sources`` entry: what was given, the stamps (a row's ``source_stamp``
+    indexes ``stamps``) and the cutouts that could not be used."""
+    return {"inputs": [str(x) for x in np.atleast_1d(inputs)],
+            "stamps": [s.name for s in stamps], "skipped": skipped}
+
+
 def real_source(rng: np.random.Generator, preset: Preset, priors: Priors, mag: float, centre,
                 stamps: list[SourceStamp]) -> tuple[list[Light], dict]:
     """A lensed source drawn from ``stamps`` (module doc): random stamp, orientation and mirror
