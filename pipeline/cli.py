@@ -355,6 +355,10 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    "AVX512-BF16/AMX and on GPUs (same test metrics; single scores can move)")
     _add_models(p)
     p.add_argument("--gallery", type=int, default=16, help="top candidates to draw (0: none)")
+    p.add_argument("--gpus", type=float, default=None, metavar="N",
+                   help="plan the model pools for N GPUs even if the cluster has none yet (an "
+                   "autoscaling cluster whose GPU workers start at zero adds them; elsewhere the "
+                   "run waits for them); default: the GPUs present when the run starts")
     p.add_argument("--buffer-gib", type=float, default=None,
                    help="object-store memory the job may hold (default 0.125 GiB per CPU, >= 0.25)")
     p.add_argument("--demo-n", type=int, default=300, help="--demo: cutouts to simulate")
@@ -422,7 +426,7 @@ def _run_run(args: argparse.Namespace) -> int:
         **_cascade_options(args), threshold=args.threshold,
         top_fraction=args.top_fraction, batch_size=args.batch_size, strict=args.strict,
         gallery=args.gallery, progress=not args.no_progress, buffer_gib=args.buffer_gib,
-        precision=args.precision,
+        gpus=args.gpus, precision=args.precision,
     )
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead

@@ -103,9 +103,17 @@ class Pipeline:
             :func:`check_geometry`), custom stages too.
     """
 
-    def __init__(self, stages: Sequence[Stage], *, fuse: bool | None = None):
+    def __init__(self, stages: Sequence[Stage], *, fuse: bool | None = None,
+                 gpus: float | None = None):
+        """``gpus``: plan the pools for this many GPUs instead of the ones the cluster has when
+        the run starts. On an autoscaling cluster whose GPU workers start at zero, the model
+        actors then request GPU shares and the autoscaler adds GPU nodes for them; on a
+        cluster that can never provide them, the run waits for them."""
+        if gpus is not None and not gpus >= 0:
+            raise ValueError(f"gpus must be >= 0, got {gpus}")
         self.stages = list(stages)
         self.fuse = fuse
+        self.gpus = gpus
         check_order(self.stages)
         check_geometry(self.stages)
 
@@ -123,6 +131,15 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({self.stages!r})"
 
+    def resources(self) -> dict[str, float]:
+        """The resources the pools are planned for: the cluster's now, GPUs as ``gpus`` says."""
+        import ray
+
+        resources = dict(ray.cluster_resources())
+        if self.gpus is not None:
+            resources["GPU"] = float(self.gpus)
+        return resources
+
     def run(self, ds, *, drop: Sequence[str] = ()):
         """The dataset with every stage mapped over it (lazy: nothing runs until consumed).
 
@@ -130,9 +147,8 @@ class Pipeline:
         pipeline needs). The last pool drops them itself, so the images never make the extra
         object-store round trip that a separate ``ds.drop_columns`` would cost.
         """
-        import ray
 
-        resources = ray.cluster_resources()
+        resources = self.resources()
         groups = self.groups(resources)
         for i, group in enumerate(groups):
             stage = group[0] if len(group) == 1 else Chain(group)
@@ -171,7 +187,7 @@ class Pipeline:
         from pipeline.io.files import group_files
 
         inputs = list_inputs(paths)
-        resources = ray.cluster_resources()
+        resources = self.resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict, geometry=True, pixel_scale=pixel_scale,
                               band_names=tuple(band_names) if band_names else None)

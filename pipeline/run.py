@@ -65,6 +65,7 @@ def run_cascade(
     progress: bool = True,
     buffer_gib: float | None = None,
     fuse: bool | None = None,
+    gpus: float | None = None,
     precision: str = "fp32",
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
@@ -97,6 +98,8 @@ def run_cascade(
             least 0.25. Raise it for large multi-band cutouts (a block is one input file).
         fuse: run consecutive stages in one actor pool (None: when the cluster has no GPU;
             see ``pipeline.compose``).
+        gpus: plan the model pools for this many GPUs, present or not yet (an autoscaling
+            cluster whose GPU workers start at zero adds them); None: the GPUs present at start.
         precision: "fp32" or "bf16" (autocast) for the model stages built here.
 
     Returns:
@@ -138,7 +141,7 @@ def run_cascade(
         stage_objs = build_stages(stages, survey=chosen["name"], threshold=threshold,
                                   top_fraction=top_fraction, batch_size=batch_size,
                                   checkpoints=checkpoints, precision=precision)
-    pipeline = Pipeline(stage_objs, fuse=fuse)
+    pipeline = Pipeline(stage_objs, fuse=fuse, gpus=gpus)
     store = CatalogStore(out, files)
     store.check_options({**_options_spec(stage_objs, read),
                          **(plan.spec if plan is not None else {})})

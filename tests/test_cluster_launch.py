@@ -524,8 +524,8 @@ class FakeCluster:
         return _wait(f"job {job}", finished, timeout)
 
 
-def _job_args(data: Path, out: Path) -> list[str]:
-    args = [str(data / "field"), "--out", str(out), "--bands", *BANDS, "--size", str(SIZE),
+def _job_args(data: Path, out: Path, *extra: str) -> list[str]:
+    args = [str(data / "field"), "--out", str(out), *extra, "--bands", *BANDS, "--size", str(SIZE),
             "--batch-size", "8", "--threshold", "0.5", "--gallery", "0", "--no-progress"]
     for stage in STAGES:
         args += [f"--{stage}-checkpoint", str(data / "ckpt" / stage)]
@@ -556,7 +556,8 @@ def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
         n["is_head_node"] for n in cluster.nodes() if n["state"] == "ALIVE"] == [True], 120)
     make_shards(tmp_path / "data" / "field", [20, 20, 20], seed=5)
     make_checkpoints(tmp_path / "data" / "ckpt")
-    job = cluster.submit(_job_args(tmp_path / "data", tmp_path / "out"))
+    # --gpus 1: the cluster starts without GPU nodes; the model pools ask for GPU shares anyway.
+    job = cluster.submit(_job_args(tmp_path / "data", tmp_path / "out", "--gpus", "1"))
     info = cluster.wait_job(job, 300)
     assert info["status"] == "SUCCEEDED", _tail(cluster.root / "jobs.log") + str(info["message"])
     _check_catalogue(tmp_path / "out", 60)
@@ -570,15 +571,11 @@ def test_cloud_node_types_autoscale_on_fake_multinode(fake_cluster, tmp_path):
     models = [a for a in cluster.actors(info["driver_info"]["id"])
               if a["class_name"].startswith("MapWorker")]
     assert models and all(a["node_id"] in workers for a in models), models
+    assert all(a["required_resources"].get("GPU") for a in models), models  # GPU shares held
     # Removed after idle_timeout_minutes (here 15 s; the autoscaler checks every second).
     _wait("the idle GPU worker's removal", lambda: all(
         n["state"] == "DEAD" for n in cluster.nodes() if n["node_id"] in workers),
         IDLE_MINUTES * 60 + 90)
-    # Today the pipeline sizes its pools from the resources present when the job starts (no
-    # GPU yet), so the models run on the worker's CPUs; they should hold GPU shares.
-    if not any(a["required_resources"].get("GPU") for a in models):
-        pytest.xfail("model actors hold no GPU on a cluster that starts without GPU nodes "
-                     "(Pipeline reads ray.cluster_resources() at start; see docs/clusters.md)")
 
 
 @pytest.mark.parametrize("fake_cluster", ["aws.yaml"], indirect=True)

@@ -9,7 +9,7 @@ import pytest
 import ray.cloudpickle
 from _cascade import make_checkpoints, make_images
 
-from pipeline.compose import Pipeline, check_order
+from pipeline.compose import Chain, Pipeline, check_order
 from pipeline.stages import CANDIDATE, Denoise, LensDetect, Stage, Substructure
 
 
@@ -106,6 +106,22 @@ def test_map_args_gpu_cluster_shares_gpus(ckpts):
     assert den["compute"].max_size == 4 and den["compute"].min_size == 1
     assert "num_gpus" not in flux  # stages without a model stay on CPUs
     assert sub["num_gpus"] == 1 and sub["compute"].min_size == sub["compute"].max_size == 2
+
+
+def test_planned_gpus_give_model_pools_gpu_shares_before_any_gpu_node_exists(ray_local, ckpts):
+    """``gpus=N`` (``lensray run --gpus N``): on a cluster that has no GPU yet (an autoscaler
+    adds GPU workers on demand) the model pools still request GPU shares."""
+    stages = [Denoise(checkpoint=ckpts["denoise"]), LensDetect(checkpoint=ckpts["lens-detect"])]
+    assert "GPU" not in ray_local.cluster_resources()
+    planned = Pipeline(stages, gpus=2)
+    assert planned.resources()["GPU"] == 2 and planned.resources()["CPU"] == 4
+    assert not planned.reads_in_actors(planned.resources())  # read tasks feed GPU pools
+    args = [planned.map_args(s, planned.resources()) for s in stages]
+    assert [a["num_gpus"] for a in args] == [0.5, 0.5] and args[0]["compute"].max_size == 2
+    present = Pipeline(stages)  # default: the cluster as it is, CPUs only
+    assert "num_gpus" not in present.map_args(Chain(stages), present.resources())
+    with pytest.raises(ValueError, match="gpus"):
+        Pipeline(stages, gpus=-1)
 
 
 def test_cpu_clusters_fuse_open_stages_into_one_actor_gpu_clusters_do_not(ckpts):
