@@ -474,6 +474,41 @@ def _run_cutout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_mine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished `lensray run` output directory")
+    p.add_argument("--top", type=int, required=True, metavar="K",
+                   help="take the K highest-p_lens cutouts of the run")
+    p.add_argument("--out", required=True, help="new training-set dir ({train,val}/*.fits + "
+                   "manifest.json) for `lensray train --data OUT`")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="your grading: CSV/Parquet (source,label) or lens/ + nonlens/ folders "
+                   "(docs/surveys.md); rows it calls lenses get is_lens=1, every other row 0")
+    p.add_argument("--only-labelled", action="store_true",
+                   help="keep only the rows --labels names (default: unnamed rows are non-lenses)")
+    p.add_argument("--base", default=None, metavar="DATA",
+                   help="the training set of the previous round, linked into OUT (its test "
+                   "split stays the test split)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of the mined rows for validation (by a hash of the id)")
+
+
+def _run_mine(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.mine import mine
+
+    try:
+        manifest = mine(args.run_dir, args.out, top=args.top, labels=args.labels,
+                        only_labelled=args.only_labelled, base=args.base,
+                        val_fraction=args.val_fraction)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray mine: {exc}") from None
+    print(json.dumps({k: manifest[k] for k in ("n", "counts", "base", "adds_up")}, indent=2))
+    for rid, source, why in manifest["skipped"]:
+        print(f"lensray mine: skipped {rid} ({source}): {why}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, tuple] = {
     "run": (_add_run, _run_run, "run the cascade (denoise, lens-detect, substructure) into a catalogue"),
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
@@ -481,6 +516,7 @@ COMMANDS: dict[str, tuple] = {
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
     "train": (_add_train, _run_train, "train a stage with Ray Train (safetensors + config out)"),
     "tune": (_add_tune, _run_tune, "search a stage's hyper-parameters with Ray Tune (ASHA)"),
+    "mine": (_add_mine, _run_mine, "turn a run's top-scored cutouts, graded, into the next round's training set"),
     "evaluate": (_add_evaluate, _run_evaluate, "score the cascade on labelled cutouts (--labels), or a stage on simulated data (--data)"),
 }
 

@@ -42,7 +42,7 @@ def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
     return table.take(pa.array(order)).to_pylist()
 
 
-def _cutouts(rows: list[dict], read: dict, fit_to: dict | None = None) -> list[np.ndarray | None]:
+def reread_cutouts(rows: list[dict], read: dict, fit_to: dict | None = None) -> list[np.ndarray | None]:
     """The image of each row, read again from its source file with the ``read`` settings of
     its run (``ReadOptions`` keywords; None if it cannot be) and, with ``fit_to`` (a checkpoint
     config's bands, pixel_scale, size and task), fitted to it as the model saw it
@@ -112,7 +112,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
                   images: list | None = None) -> Path:
     """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``, re-read with
     the run's ``read`` settings (bands, size...) and fitted to ``fit_to`` (see
-    :func:`_cutouts`), or ``images``: the rows' cutouts when they cannot be read again from
+    :func:`reread_cutouts`), or ``images``: the rows' cutouts when they cannot be read again from
     their source file (tiles); ``title`` above them (default: the top candidates)."""
     import matplotlib
 
@@ -124,7 +124,7 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = _cutouts(rows, read or {}, fit_to) if images is None else images
+    images = reread_cutouts(rows, read or {}, fit_to) if images is None else images
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):

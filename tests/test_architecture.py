@@ -30,6 +30,7 @@ LAYER_OF = {
     "pipeline.cutout": "run",
     "pipeline.gallery": "run",
     "pipeline.evaluate": "run",
+    "pipeline.mine": "run",
     "pipeline.cli": "cli",
 }
 # layer -> the layers it may import from (its own included)
