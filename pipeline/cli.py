@@ -101,6 +101,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                         'always; max_shift px, max_scale, p_scale)')
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning; same network)")
+    p.add_argument("--denoiser", default=None, metavar="DIR|survey:NAME",
+                   help="train and test on this denoiser's output, the input the cascade gives a "
+                   "model after its denoise stage (e.g. survey:euclid-vis: the shipped one)")
     p.add_argument("--regression-weight", type=float, default=None,
                    help="substructure: weight of the regression losses (default 0.1)")
     p.add_argument("--nll-beta", type=float, default=None,
@@ -121,7 +124,8 @@ def _recipe(args: argparse.Namespace) -> dict:
     import json
 
     keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "threads",
-            "max_minutes", "init", "regression_weight", "nll_beta", "train_classes", "precision")
+            "max_minutes", "init", "regression_weight", "nll_beta", "train_classes", "precision",
+            "denoiser")
     overrides = {}
     for item in args.model_arg:
         key, sep, val = item.partition("=")

@@ -23,21 +23,26 @@ lost actor costs time, not rows.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.io import schema
 from pipeline.stages import Stage
 
 BASE = frozenset(schema.BASE_COLUMNS)
+log = logging.getLogger(__name__)
 
 
 def check_order(stages: Sequence[Stage]) -> None:
     """Raise ValueError if the stages cannot run in this order.
 
-    A stage must find the columns it reads (base columns or written by an earlier stage); a
-    stage must not rewrite a column an earlier stage already read without writing it (e.g.
-    ``Denoise`` after ``LensDetect`` would leave the detector scoring raw images); and two
+    A stage must find the columns it reads (base columns or written by an earlier stage: a
+    model trained on a denoiser's output reads ``denoised``); a stage must not rewrite a column
+    an earlier stage already read without writing it (e.g. ``Denoise`` after such a model
+    would leave it without its input); and two
     stages must not write the same column unless the later one reads it (a chain).
     """
     if not stages:
@@ -54,7 +59,9 @@ def check_order(stages: Sequence[Stage]) -> None:
         label = type(stage).__name__
         missing = [c for c in stage.reads if c not in available]
         if missing:
-            raise ValueError(f"{label} reads {missing}, which no earlier stage writes")
+            hint = (": its checkpoint was trained on a denoiser's output, put a denoise stage "
+                    "before it" if schema.DENOISED in missing else "")
+            raise ValueError(f"{label} reads {missing}, which no earlier stage writes{hint}")
         for col in stage.writes:
             if col in read_by:
                 raise ValueError(
@@ -72,17 +79,34 @@ def check_order(stages: Sequence[Stage]) -> None:
 
 
 def check_geometry(stages: Sequence[Stage]) -> None:
-    """Raise ValueError if a model stage reads an image that an earlier model stage (the
-    denoiser) made at another geometry: its output is at its own bands, pixel scale and size."""
-    made = None  # (stage, geometry) that last replaced the image
+    """Raise ValueError if a model stage reads the denoised image at another geometry than the
+    denoiser before it makes (its output is at its own bands, pixel scale and size); warn when
+    that denoiser is not the one the model was trained on."""
+    made = None  # (stage, geometry) that last wrote the denoised image
     for stage in stages:
         geometry = getattr(stage, "geometry", None)
-        if geometry and made and schema.IMAGE in stage.reads and not _same(geometry, made[1]):
-            raise ValueError(f"{type(stage).__name__} takes {_describe(geometry)}, but "
-                             f"{type(made[0]).__name__} before it makes {_describe(made[1])}: "
-                             "give them checkpoints of one geometry")
-        if schema.IMAGE in stage.writes:
+        if geometry and made and schema.DENOISED in stage.reads:
+            if not _same(geometry, made[1]):
+                raise ValueError(f"{type(stage).__name__} takes {_describe(geometry)}, but "
+                                 f"{type(made[0]).__name__} before it makes "
+                                 f"{_describe(made[1])}: give them checkpoints of one geometry")
+            tag = _weights_tag(made[0])
+            if getattr(stage, "denoiser", None) not in (None, tag):
+                log.warning("%s was trained on the output of denoiser %s, but runs after %s",
+                            type(stage).__name__, stage.denoiser, tag)
+        if schema.DENOISED in stage.writes:
             made = (stage, geometry) if geometry else None
+
+
+def _weights_tag(stage: Stage) -> str | None:
+    """The weights tag of a model stage's checkpoint (what its provenance column will say)."""
+    from pipeline.models.checkpoint import pretrained_dir, weights_tag
+
+    opts = getattr(stage, "options", {})
+    if not getattr(stage, "uses_model", False) or "survey" not in opts:
+        return None
+    directory = Path(opts["checkpoint"] or pretrained_dir(stage.task, opts["survey"]))
+    return weights_tag(directory, json.loads((directory / "config.json").read_text()))
 
 
 def _same(a: dict, b: dict) -> bool:

@@ -267,10 +267,10 @@ def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib,
     try:
         if plan is not None:
             ds = pipeline.run(plan.dataset(inputs, strict=strict),
-                              drop=[schema.IMAGE, schema.IMAGE_SCALE])
+                              drop=[schema.IMAGE, schema.DENOISED, schema.IMAGE_SCALE])
         else:
             ds = pipeline.run_files(inputs, **read, strict=strict,
-                                    drop=[schema.IMAGE, schema.IMAGE_SCALE])
+                                    drop=[schema.IMAGE, schema.DENOISED, schema.IMAGE_SCALE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

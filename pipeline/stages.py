@@ -217,6 +217,11 @@ class ModelStage(Stage):
         check_precision(precision, type(self).__name__)
         #: what the checkpoint takes: bands, pixel_scale, size (its config's)
         self.geometry = {k: config.get(k) for k in ("bands", "pixel_scale", "size")}
+        #: the weights tag of the denoiser whose output the network was trained on (it then
+        #: reads the denoise stage's column), or None: trained on raw cutouts
+        self.denoiser = config.get("denoiser_weights")
+        if self.denoiser:
+            self.reads = (schema.DENOISED,)
         self.survey = get_survey(survey).name if survey or checkpoint is None else None
         self.options.update(checkpoint=checkpoint, survey=survey, device=device,
                             precision=precision)
@@ -275,6 +280,10 @@ class ModelStage(Stage):
         others (``predict``, in its own chunks: a Ray batch of any size is fine)."""
         from pipeline.models import fit_rows, predict
 
+        if self.denoiser:  # the denoise stage's output, already at this model's geometry
+            rows = {**rows, schema.IMAGE: rows[schema.DENOISED]}
+        else:  # the raw cutout (IMAGE_SCALE describes the denoised column, not this one)
+            rows = {k: v for k, v in rows.items() if k != schema.IMAGE_SCALE}
         fit = fit_rows(rows, self.config, self.survey)
         ok = fit.ok
         cols = predict(self.model, self.config, fit.images[ok], device=self.device,
@@ -282,7 +291,7 @@ class ModelStage(Stage):
         n = len(ok)
         out = {k: self._place(None, v, ok, n, np.asarray(v).dtype, np.shape(v)[1:])
                for k, v in cols.items()}
-        if schema.IMAGE in out:  # the image is now the model's: later stages must know
+        if schema.IMAGE in out:  # an image out (the denoiser's): later stages must know its scale
             out[schema.IMAGE_SCALE] = np.where(ok, float(self.config["pixel_scale"]), np.nan)
         out[schema.RESAMPLE] = np.where(ok, fit.factor, np.nan)
         out[schema.SURVEY] = np.array([self.survey if k else None for k in ok], dtype=object)
@@ -295,22 +304,25 @@ class ModelStage(Stage):
 
 def _model_tag(config: dict, checkpoint: str | None, task: str, survey: str | None) -> str:
     """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
-    from pipeline.io.files import sha256_file
-    from pipeline.models.checkpoint import WEIGHTS_FILE, pretrained_dir
+    from pipeline.models.checkpoint import pretrained_dir, weights_tag
 
-    directory = Path(checkpoint) if checkpoint else pretrained_dir(task, survey)
-    weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
-    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{sha256_file(weights)[:12]}"
+    return weights_tag(checkpoint or pretrained_dir(task, survey), config)
 
 
 class Denoise(ModelStage):
-    """Replace ``image`` by the denoiser's output (same units as the input, at the model's
-    geometry: ``image_scale`` says its pixel scale), so the stages after it see denoised
-    cutouts; they must take the same geometry (``Pipeline`` checks). Error rows get a NaN
-    image."""
+    """Write the denoiser's output to ``denoised`` (same units as the input, at the model's
+    geometry: ``image_scale`` says its pixel scale; NaN on error rows). The raw ``image`` stays:
+    the models after it read ``denoised`` only when they were trained on this denoiser's
+    output (their config's ``denoiser_weights``, ``lensray train --denoiser``), else the raw
+    cutout, so a denoise stage never feeds a model what it was not trained on."""
 
     name = task = DENOISE.name
-    reads, writes = DENOISE.reads, DENOISE.columns()
+    reads, writes = DENOISE.reads, (schema.DENOISED, schema.IMAGE_SCALE)
+
+    def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().compute(rows)
+        out[schema.DENOISED] = out.pop(schema.IMAGE)
+        return out
 
 
 class LensDetect(ModelStage):
@@ -392,12 +404,14 @@ def build_stages(
     a stage the survey ships no weights for fails before any work.
 
     ``stages=None``: every stage (in cascade order) that the survey ships weights for or that
-    ``checkpoints`` names; the others are left out with a log line saying so. Named ``stages``
-    without weights are an error naming the survey and the stage.
+    ``checkpoints`` names; the others are left out with a log line saying so, and so is the
+    shipped denoiser when no model after it was trained on its output (it would only cost
+    time). Named ``stages`` without weights are an error naming the survey and the stage.
     """
     from pipeline.models.checkpoint import has_pretrained
 
     checkpoints = {k: v for k, v in (checkpoints or {}).items() if v}
+    default = stages is None
     unknown = set(stages or ()) - set(STAGES) or set(checkpoints) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)} (known: {', '.join(STAGES)})")
@@ -412,10 +426,17 @@ def build_stages(
                         "DIR to add a stage)", get_survey(survey).name, ", ".join(skipped),
                         ", ".join(stages), skipped[0])
     options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
-    return [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), survey=survey,
-                                batch_size=batch_size, precision=precision,
-                                **options.get(STAGE_CLASSES[name], {}))
-            for name in stages]
+    built = [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), survey=survey,
+                                 batch_size=batch_size, precision=precision,
+                                 **options.get(STAGE_CLASSES[name], {}))
+             for name in stages]
+    if default and not any(schema.DENOISED in s.reads for s in built):
+        unread = [s for s in built if isinstance(s, Denoise) and DENOISE.name not in checkpoints]
+        if unread and len(built) > 1:  # its output would go nowhere: no model was trained on it
+            log.info("denoise left out: no later model was trained on its output (run it with "
+                     "--stages denoise,...; docs/cascade.md)")
+            built = [s for s in built if s not in unread]
+    return built
 
 
 __all__ = ["CANDIDATE", "STAGE_CLASSES", "Denoise", "LensDetect", "ModelStage", "Stage",

@@ -15,7 +15,21 @@ from pipeline.stages import CANDIDATE, Denoise, LensDetect, Stage, Substructure
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    return make_checkpoints(tmp_path_factory.mktemp("ckpt"))
+    ckpts = make_checkpoints(tmp_path_factory.mktemp("ckpt"))
+    # A copy of the lens finder declared as trained on the test denoiser's output (what
+    # `lensray train --denoiser` records): it reads the denoise stage's column.
+    import json
+    import shutil
+
+    from pipeline.models.checkpoint import weights_tag
+
+    fed = ckpts["lens-detect"].parent / "lens-detect-on-denoised"
+    shutil.copytree(ckpts["lens-detect"], fed)
+    dn = json.loads((ckpts["denoise"] / "config.json").read_text())
+    cfg = json.loads((fed / "config.json").read_text())
+    cfg["denoiser_weights"] = weights_tag(ckpts["denoise"], dn)
+    (fed / "config.json").write_text(json.dumps(cfg))
+    return {**ckpts, "lens-detect-fed": fed}
 
 
 # Ray workers cannot import this test module: ship the custom stages below by value (a stage
@@ -49,10 +63,16 @@ def test_order_rules(ckpts):
     check_order([den, det, sub])
     check_order([det, sub])
     check_order([sub])
-    check_order([den, den, det])  # chained denoisers read what they rewrite
+    fed = LensDetect(checkpoint=ckpts["lens-detect-fed"])
+    check_order([den, fed, sub])
+    check_order([det, den])  # harmless: the raw-trained finder takes nothing from it
     check_order([Flux(), NeedsFlux()])
-    with pytest.raises(ValueError, match="Denoise rewrites 'image' after LensDetect read it"):
-        check_order([det, den])
+    with pytest.raises(ValueError, match=r"reads \['denoised'\].*put a denoise stage before it"):
+        check_order([fed])
+    with pytest.raises(ValueError, match="Denoise rewrites 'denoised' after LensDetect read it"):
+        check_order([den, fed, den])
+    with pytest.raises(ValueError, match="both write 'denoised'"):
+        check_order([den, den, det])
     with pytest.raises(ValueError, match="both write 'p_lens'"):
         check_order([det, LensDetect(checkpoint=ckpts["lens-detect"])])
     with pytest.raises(ValueError, match=r"NeedsFlux reads \['flux'\]"):
@@ -184,11 +204,29 @@ def test_pipeline_runs_on_ray_data_and_keeps_every_row(ray_local, ckpts, fuse):
     assert np.isfinite(p_cdm[cand]).all() and np.isnan(p_cdm[~cand]).all()
     assert np.isfinite(col["flux"].astype(float)[~bad]).all()
     assert all(m.startswith("unet_denoiser@") for m in col["model_denoise"][~bad])
-    # The detector scored denoised images: different from scoring the raw images.
+    # The denoiser costs the detector nothing: trained on raw cutouts, it scored the raw ones.
     from pipeline.models import load_checkpoint, predict
 
     raw = predict(*load_checkpoint(ckpts["lens-detect"]), make_images(40, seed=7)[~bad])["p_lens"]
-    assert not np.allclose(raw, p[~bad], atol=1e-3)
+    np.testing.assert_allclose(p[~bad], raw, atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_model_trained_on_the_denoisers_output_reads_it(ray_local, ckpts, fuse):
+    pipe = Pipeline(fuse=fuse, stages=[
+        Denoise(checkpoint=ckpts["denoise"], batch_size=8),
+        LensDetect(threshold=0.5, checkpoint=ckpts["lens-detect-fed"], batch_size=16)])
+    out = pipe.run(_dataset(ray_local)).to_pandas().sort_values("index")
+    p = out["p_lens"].to_numpy(dtype=float)
+    good = np.isfinite(p)
+    assert good.sum() == 38
+    from pipeline.models import load_checkpoint, predict
+
+    model, cfg = load_checkpoint(ckpts["lens-detect-fed"])
+    denoised = np.stack(out["denoised"].to_numpy()[good]).astype(np.float32)
+    raw = np.stack(out["image"].to_numpy()[good]).astype(np.float32)
+    np.testing.assert_allclose(p[good], predict(model, cfg, denoised)["p_lens"], atol=1e-5)
+    assert not np.allclose(predict(model, cfg, raw)["p_lens"], p[good], atol=1e-3)
 
 
 def test_run_files_reads_inside_the_fused_actor_with_the_same_rows_as_read_tasks(

@@ -34,7 +34,7 @@ from pipeline.io.writers import _version, atomic_write, write_json
 CATALOG_DIR = "catalog"
 ERRORS_DIR = "errors"
 SHARDS_DIR = "_shards"
-IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN, schema.IMAGE_SCALE)  # pixels and what only they need
+IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN, schema.DENOISED, schema.IMAGE_SCALE)  # pixels and what only they need
 COUNTS = ("rows", "good", "errors", "candidates")  # of a finished input file's marker
 OPTIONS_FILE = Path(SHARDS_DIR) / "_options.json"
 

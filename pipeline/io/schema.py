@@ -31,7 +31,8 @@ PIXEL_SCALE = "pixel_scale"  # float64 arcsec/px of the image as read (native), 
 BAND_NAMES = "band_names"  # str, the image's bands ("VIS", "g,r,i"), None when unnamed (geometry=True)
 # Written by every model stage for the rows it computes (pipeline.models.fit, pipeline.stages):
 RESAMPLE = "resample_factor"  # float64: native pixel scale / the model's, i.e. model pixels per native pixel; NaN: taken as it was
-IMAGE_SCALE = "image_scale"  # float64 arcsec/px of IMAGE once a stage replaced it by its model's output (the denoiser)
+DENOISED = "denoised"  # float32 image: the denoise stage's output at its model's geometry, read by models trained on it
+IMAGE_SCALE = "image_scale"  # float64 arcsec/px of DENOISED (the denoiser's pixel scale); NaN where not computed
 SURVEY = "survey"  # str: the survey whose models scored the row (pipeline.surveys), None for custom checkpoints
 CANDIDATE = "is_candidate"  # bool: the lens finder's cut (written by LensDetect, read by Substructure)
 
@@ -74,5 +75,7 @@ def good_mask(batch: dict) -> np.ndarray:
     err = batch.get(ERROR)
     if err is None:
         return np.ones(len(batch[ID]), dtype=bool)
+    if np.asarray(err).dtype.kind == "f":  # an all-null column a conversion made float32/64
+        return np.isnan(np.asarray(err))
     return np.array([e is None or e == "" or (isinstance(e, float) and np.isnan(e)) for e in err],
                     dtype=bool)

@@ -68,6 +68,28 @@ def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
     return model.to(device).eval(), config
 
 
+def weights_tag(directory: str | Path, config: dict) -> str:
+    """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``:
+    the provenance name of a checkpoint (a directory or its safetensors file)."""
+    from pipeline.io.files import sha256_file
+
+    directory = Path(directory)
+    weights = directory if directory.suffix == ".safetensors" else directory / WEIGHTS_FILE
+    return f"{config['model']}@{config.get('lensray_version', 'unknown')}#{sha256_file(weights)[:12]}"
+
+
+def checkpoint_dir(spec: str | Path, stage: str) -> Path:
+    """A checkpoint directory from a path or ``survey:NAME`` (that survey's shipped ``stage``
+    weights): how configs name a checkpoint without a machine path."""
+    text = str(spec)
+    if text.startswith("survey:"):
+        survey = text.split(":", 1)[1]
+        if not has_pretrained(stage, survey):
+            raise FileNotFoundError(no_pretrained(stage, survey))
+        return pretrained_dir(stage, survey)
+    return Path(text).expanduser().resolve()
+
+
 def pretrained_dir(stage: str, survey: str | None = None) -> Path:
     """Where the shipped weights of ``stage`` for ``survey`` (None: the default) are."""
     if stage not in STAGES:

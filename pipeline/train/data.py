@@ -74,12 +74,49 @@ class PrepareBatch:
         return out
 
 
+class DenoiseImages:
+    """Ray Data batch function (an actor holds the network): the image column of good rows
+    replaced by a denoiser's output, as the cascade's denoise stage hands it to the stages after
+    it. For models trained and scored on what they are given in the cascade (``denoiser``)."""
+
+    def __init__(self, checkpoint: str):
+        from pipeline.models import load_checkpoint
+
+        self.model, self.config = load_checkpoint(checkpoint)
+
+    def __call__(self, batch: dict) -> dict:
+        from pipeline.models import predict
+
+        good = good_mask(batch)
+        if good.any():
+            img = np.array(batch[IMAGE], dtype=np.float32)
+            img[good] = predict(self.model, self.config, img[good])[IMAGE]
+            batch[IMAGE] = img
+        return batch
+
+
+def with_denoiser(ds, config: dict):
+    """``ds`` with its images denoised when ``config`` trains on a denoiser's output."""
+    import ray
+
+    if not config.get("denoiser"):
+        return ds
+    from pipeline.models.checkpoint import checkpoint_dir
+
+    return ds.map_batches(DenoiseImages, batch_format="numpy", batch_size=512,
+                          fn_constructor_kwargs={"checkpoint": str(checkpoint_dir(
+                              config["denoiser"], "denoise"))},
+                          compute=ray.data.ActorPoolStrategy(size=1))
+
+
 def load_split(data_dir, split: str, task: str, config: dict):
-    """A Ray Dataset of one split, prepared for ``task`` (columns ``x`` + labels)."""
+    """A Ray Dataset of one split, prepared for ``task`` (columns ``x`` + labels); images
+    denoised first when the config trains on a denoiser's output."""
     from pipeline.io import read_cutouts
 
-    ds = read_cutouts(split_paths(data_dir, split), bands=config["bands"], size=config["size"],
-                      clean=CLEAN in get_task(task).label_columns)
+    ds = with_denoiser(read_cutouts(split_paths(data_dir, split), bands=config["bands"],
+                                    size=config["size"],
+                                    clean=CLEAN in get_task(task).label_columns), config)
     prep = PrepareBatch(task, config["normalization"], config.get("train_classes"))
     return ds.map_batches(prep, batch_format="numpy", batch_size=256)
 

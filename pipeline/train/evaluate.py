@@ -16,9 +16,10 @@ from pipeline.models.tasks import get_task
 
 
 def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | None = None):
-    """Raw images and label columns of one split as NumPy arrays (error rows dropped)."""
+    """Images and label columns of one split as NumPy arrays (error rows dropped); the images
+    are what the model takes in the cascade: raw, or its denoiser's output (``denoiser``)."""
     from pipeline.io import read_cutouts
-    from pipeline.train.data import split_paths
+    from pipeline.train.data import split_paths, with_denoiser
 
     task = get_task(config["task"])
     cols = list(dict.fromkeys([IMAGE, *task.label_columns, *task.eval_labels, *extra_columns]))
@@ -26,6 +27,7 @@ def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | N
                       clean=CLEAN in cols)
     if limit:
         ds = ds.limit(limit)
+    ds = with_denoiser(ds, config)
     parts: dict[str, list] = {c: [] for c in cols}
     for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
         good = good_mask(b)

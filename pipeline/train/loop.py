@@ -36,6 +36,7 @@ DEFAULTS = {
     "nll_beta": None,  # substructure: beta-NLL exponent (None: task's, plain NLL)
     "train_classes": None,  # train/validate only on rows of these classes (None: all rows)
     "precision": "fp32",  # or "bf16": autocast (faster on CPUs with bf16 units; docs/models.md)
+    "denoiser": None,  # train on this denoiser's output (a dir or survey:NAME), the cascade's input
 }
 
 
@@ -215,11 +216,33 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
                lensray_version=__version__)
     if task.classes:
         cfg["classes"] = list(task.classes)
+    if cfg.get("denoiser"):
+        cfg["denoiser_weights"] = _check_denoiser(cfg["denoiser"], cfg)
     cfg["trained"] = {"date": _dt.date.today().isoformat(), "data": str(data_dir),
                       "preset": manifest.get("preset"), "data_seed": manifest.get("seed"),
                       "seed": cfg["seed"]}
     cfg["_model_overrides"] = dict(model_overrides or {})
     return cfg
+
+
+def _check_denoiser(spec: str, cfg: dict) -> str:
+    """The weights tag of the denoiser ``spec`` whose output a model trains on; it must take
+    the data's geometry (its output is what the model will see)."""
+    from pipeline.models.checkpoint import checkpoint_dir, weights_tag
+
+    directory = checkpoint_dir(spec, "denoise")
+    try:
+        dn = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"denoiser {spec}: not a checkpoint directory ({e})") from e
+    if dn.get("task") != "denoise":
+        raise ValueError(f"denoiser {spec}: a {dn.get('task')!r} checkpoint, not a denoiser")
+    mine = {k: cfg[k] for k in ("bands", "size", "pixel_scale")}
+    theirs = {k: dn.get(k) for k in mine}
+    if (theirs["bands"], theirs["size"]) != (mine["bands"], mine["size"]) or not math.isclose(
+            theirs["pixel_scale"] or 0, mine["pixel_scale"], rel_tol=1e-3):
+        raise ValueError(f"denoiser {spec} takes {theirs}, the data are {mine}")
+    return weights_tag(directory, dn)
 
 
 def _geometry(data_dir, manifest: dict) -> dict:
