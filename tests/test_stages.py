@@ -167,3 +167,18 @@ def test_bf16_precision_with_the_shipped_weights_is_close_to_fp32_and_recorded()
     assert bf16["model_substructure"][0] == fp32["model_substructure"][0] + "+bf16"
     with pytest.raises(ValueError, match="precision"):
         Denoise(precision="fp16")
+
+
+def test_the_default_cascade_runs_the_shipped_denoiser_only_for_a_model_that_reads_it(ckpts):
+    """Without --stages, a shipped denoiser whose output no later model was trained on is left
+    out (it would cost time, and feeding a raw-trained model denoised cutouts cost AUC)."""
+    from pipeline.stages import build_stages
+
+    shipped = build_stages(survey="euclid-vis")
+    readers = [s for s in shipped if "denoised" in s.reads]
+    assert any(isinstance(s, Denoise) for s in shipped) == bool(readers)
+    assert [type(s) for s in shipped if not isinstance(s, Denoise)] == [LensDetect, Substructure]
+    # Named stages or a given denoiser checkpoint always run.
+    assert isinstance(build_stages(["denoise", "lens-detect"], survey="euclid-vis")[0], Denoise)
+    given = build_stages(survey="euclid-vis", checkpoints={"denoise": ckpts["denoise"]})
+    assert isinstance(given[0], Denoise)
