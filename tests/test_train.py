@@ -173,3 +173,32 @@ def test_training_layout_avoids_channels_last_for_narrow_1x1_convolutions():
         "print('trained')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "trained" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.timeout(300)
+def test_training_on_a_denoisers_output_records_it_and_tests_on_it(tiny_lens_data, tmp_path):
+    """--denoiser: the model trains and is tested on the denoiser's output (as the cascade
+    hands it on), and its config names the denoiser's weights; a denoiser of another geometry
+    is refused before any work."""
+    from _cascade import make_checkpoints
+
+    from pipeline.models.checkpoint import weights_tag
+    from pipeline.train.evaluate import collect
+    from pipeline.train.loop import make_config, train
+
+    dn = make_checkpoints(tmp_path / "dn", size=48)["denoise"]
+    cfg = json.loads((dn / "config.json").read_text())
+    (dn / "config.json").write_text(json.dumps({**cfg, "pixel_scale": 0.101}))  # the set's
+    with pytest.raises(ValueError, match="takes"):
+        make_config("lens-detect", tiny_lens_data, denoiser=str(make_checkpoints(
+            tmp_path / "dn32", size=32)["denoise"]))
+    out = train("lens-detect", tiny_lens_data, tmp_path / "ck", "d4_resnet", epochs=1,
+                batch_size=16, seed=3, model_overrides=TINY_D4, denoiser=str(dn),
+                name="test-denoised")
+    got = json.loads((out / "config.json").read_text())
+    dn_model, dn_cfg = load_checkpoint(dn)
+    assert got["denoiser_weights"] == weights_tag(dn, dn_cfg)
+    assert got["metrics"]["n"] == len(collect(tiny_lens_data, "test", {**got, "denoiser": None})["image"])
+    raw = collect(tiny_lens_data, "test", {**got, "denoiser": None})["image"]
+    np.testing.assert_allclose(collect(tiny_lens_data, "test", got)["image"],
+                               predict(dn_model, dn_cfg, raw)["image"], rtol=1e-4, atol=1e-3)
