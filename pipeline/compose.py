@@ -169,7 +169,9 @@ class Pipeline:
 
         from pipeline.io import ReadOptions, list_inputs, read_cutouts
         from pipeline.io.files import group_files
+        from pipeline.stages import check_bands
 
+        check_bands(self.stages, bands)  # a read the models cannot take fails before any work
         inputs = list_inputs(paths)
         resources = ray.cluster_resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
