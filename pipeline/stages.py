@@ -32,8 +32,7 @@ import numpy as np
 
 from pipeline.io import schema
 from pipeline.io.schema import CANDIDATE
-from pipeline.models.fit import bands_problem as _bands_problem
-from pipeline.models.fit import takes
+from pipeline.models import fit, tasks
 from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, P_LENS_STD, STAGES, SUBSTRUCTURE
 from pipeline.precision import check_precision
 from pipeline.surveys import get_survey
@@ -235,24 +234,21 @@ class ModelStage(Stage):
         self.config = configs[0]
         #: what the checkpoint takes: bands, pixel_scale, size (its config's)
         self.geometry = {k: configs[0][k] for k in ("bands", "pixel_scale", "size")}
+        columns = tasks.get_task(self.task).columns(self.config)
         for d, c in zip(self.checkpoints[1:], configs[1:], strict=True):
-            if ({k: c[k] for k in self.geometry} != self.geometry
-                    or self._task().columns(c) != self._task().columns(configs[0])):
-                raise ValueError(f"{d}: ensemble members must share their input and columns: "
-                                 f"it takes {takes(c)}, {self.checkpoints[0]} takes "
-                                 f"{takes(configs[0])}" + ("" if {k: c[k] for k in self.geometry}
-                                                           != self.geometry else
-                                                           " (same, but other columns)"))
+            if {k: c[k] for k in self.geometry} != self.geometry:
+                why = f"it takes {fit.takes(c)}"
+            elif tasks.get_task(self.task).columns(c) != columns:
+                why = f"it gives columns {', '.join(tasks.get_task(self.task).columns(c))}"
+            else:
+                continue
+            raise ValueError(f"{d}: ensemble members must share their input and columns: "
+                             f"{why}, {self.checkpoints[0]} takes {fit.takes(self.config)}")
         self.survey = get_survey(survey).name if survey or members is None else None
         self.options.update(checkpoint=members[0] if members and len(members) == 1 else members,
                             survey=survey, device=device, precision=precision)
         if band_aliases:  # only when given: resumed catalogues compare options
             self.options["band_aliases"] = dict(band_aliases)
-
-    def _task(self):
-        from pipeline.models.tasks import get_task
-
-        return get_task(self.task)
 
     def _load(self, directory: Path) -> tuple:
         """(model, config) of a checkpoint, after every check of ``load_checkpoint`` and that
@@ -269,7 +265,7 @@ class ModelStage(Stage):
     def bands_problem(self, bands: Sequence[str] | None) -> str | None:
         """Why rows read with only ``bands`` cannot feed this stage ("<checkpoint>: ..."), or
         None (see ``pipeline.models.fit.bands_problem``)."""
-        why = _bands_problem({**self.geometry, "task": self.task}, bands,
+        why = fit.bands_problem({**self.geometry, "task": self.task}, bands,
                              self.options.get("band_aliases"))
         return f"{self.checkpoints[0]}: {why}" if why else None
 
@@ -304,24 +300,22 @@ class ModelStage(Stage):
             self._ready = True
         cols = [predict(m, c, images, device=self.device, precision=self.options["precision"])
                 for m, c in self.members]
-        return cols[0] if len(cols) == 1 else self._task().combine(cols, self.config)
+        return cols[0] if len(cols) == 1 else tasks.get_task(self.task).combine(cols, self.config)
 
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fit the rows to the model (error rows for those that cannot be), run it on the
         others (``predict``, in its own chunks: a Ray batch of any size is fine)."""
-        from pipeline.models import fit_rows
-
-        fit = fit_rows(rows, self.config, self.survey, self.options.get("band_aliases"))
-        ok = fit.ok
-        cols = self.predict(fit.images[ok])
+        fitted = fit.fit_rows(rows, self.config, self.survey, self.options.get("band_aliases"))
+        ok = fitted.ok
+        cols = self.predict(fitted.images[ok])
         n = len(ok)
         out = {k: self._place(None, v, ok, n, np.asarray(v).dtype, np.shape(v)[1:])
                for k, v in cols.items()}
         if schema.IMAGE in out:  # the image is now the model's: later stages must know
             out[schema.IMAGE_SCALE] = np.where(ok, float(self.config["pixel_scale"]), np.nan)
-        out[schema.RESAMPLE] = np.where(ok, fit.factor, np.nan)
+        out[schema.RESAMPLE] = np.where(ok, fitted.factor, np.nan)
         out[schema.SURVEY] = np.array([self.survey if k else None for k in ok], dtype=object)
-        out[schema.ERROR] = fit.errors
+        out[schema.ERROR] = fitted.errors
         return out
 
     def provenance(self) -> str:

@@ -113,22 +113,27 @@ def test_a_bad_checkpoint_is_one_line_naming_it_before_any_work(tmp_path, field,
     assert not out.exists()
 
 
-def test_cli_bad_checkpoint_exit_1_and_one_line(tmp_path, field):
-    """`lensray run` and `lensray evaluate --data` with a truncated checkpoint: exit 1, stderr
-    one `lensray <cmd>: <checkpoint>: <problem>` line, nothing written."""
+def test_cli_bad_checkpoint_exit_1_and_one_line(tmp_path, field, ray_local):
+    """`lensray evaluate --data` (a process of its own: exit 1, stderr one line) and `lensray
+    run` with a truncated checkpoint: one `lensray <cmd>: <checkpoint>: <problem>` line."""
+    from pipeline.cli import main
+
     bad = _copy(SHIPPED, tmp_path / "bad")
     _truncate(bad)
-    for cmd in (["run", str(field[0]), "--out", str(tmp_path / "out"), "--survey", "euclid-vis",
-                 "--stages", "lens-detect", "--lens-detect-checkpoint", str(bad), "--no-progress"],
-                ["evaluate", "--data", str(tmp_path), "--stage", "lens-detect",
-                 "--checkpoint", str(bad)]):
-        res = subprocess.run([sys.executable, "-m", "pipeline.cli", *cmd], capture_output=True,
-                             text=True, timeout=300)
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 1, res.stderr
-        assert lines == [f"lensray {cmd[0]}: {bad}: model.safetensors is not a readable "
-                         f"safetensors file (truncated or corrupt?): {lines[0].split(': ')[-1]}"], lines
-    assert not (tmp_path / "out").exists()
+    says = f"{bad}: model.safetensors is not a readable safetensors file (truncated or corrupt?): "
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--data",
+                          str(tmp_path), "--stage", "lens-detect", "--checkpoint", str(bad)],
+                         capture_output=True, text=True, timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"lensray evaluate: {says}"), lines
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:  # a str code: exit status 1, the line on stderr
+        main(["run", str(field[0]), "--out", str(out), "--survey", "euclid-vis",
+              "--stages", "lens-detect", "--lens-detect-checkpoint", str(bad), "--no-progress"])
+    assert isinstance(err.value.code, str) and "\n" not in err.value.code
+    assert err.value.code.startswith(f"lensray run: {says}")
+    assert not out.exists()
 
 
 def _unnamed(tmp_path: Path) -> Path:
