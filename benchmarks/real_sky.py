@@ -102,16 +102,17 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
 
 def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
     from pipeline.metrics import lens_metrics, roc_auc
-    from pipeline.models import load_checkpoint, load_pretrained, predict
+    from pipeline.models import pretrained_dir
+    from pipeline.stages import LensDetect
     from pipeline.train.evaluate import collect
 
-    # ``A+B+...``: an ensemble, the mean p_lens of its members (same bands and geometry)
-    members = [load_pretrained("lens-detect") if c == "shipped" else load_checkpoint(c)
-               for c in ckpt.split("+")]
-    config = members[0][1]
+    # ``A+B+...``: an ensemble, scored as the cascade's stage scores it (mean p_lens)
+    stage = LensDetect(checkpoint=[pretrained_dir("lens-detect") if c == "shipped" else c
+                                   for c in ckpt.split("+")])
+    config = stage.config
 
     def p_lens(images):
-        return np.mean([predict(m, c, images)["p_lens"] for m, c in members], axis=0)
+        return stage.predict(images)["p_lens"]
 
     view = view_of(config)
     p_sdss = p_lens(sdss[view])

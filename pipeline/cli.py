@@ -255,17 +255,15 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     from pipeline.models import load_checkpoint, load_pretrained
     from pipeline.train.evaluate import denoiser_effect_on_detector, evaluate_model
 
+    try:  # a bad checkpoint is one line, before Ray starts
+        model, config = (load_checkpoint(args.checkpoint, task=args.stage) if args.checkpoint
+                         else load_pretrained(args.stage))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lensray evaluate: {exc}") from None
+    if not args.checkpoint and args.model and args.model != config["model"]:
+        raise SystemExit(f"shipped {args.stage} weights are {config['model']!r}, not "
+                         f"{args.model!r}: pass --checkpoint DIR for other networks")
     ensure_ray()
-    if args.checkpoint:
-        model, config = load_checkpoint(args.checkpoint)
-    else:
-        model, config = load_pretrained(args.stage)
-        if args.model and args.model != config["model"]:
-            raise SystemExit(f"shipped {args.stage} weights are {config['model']!r}, not "
-                             f"{args.model!r}: pass --checkpoint DIR for other networks")
-    if config["task"] != args.stage:
-        raise SystemExit(f"{args.checkpoint}: checkpoint is for stage {config['task']!r}, "
-                         f"not {args.stage!r}")
     res = evaluate_model(model, config, args.data, args.split, args.plots, args.limit)
     if args.detector_data and args.stage == DENOISE.name:
         det, det_cfg = load_pretrained(LENS_DETECT.name)
@@ -398,18 +396,40 @@ def _add_models(p: argparse.ArgumentParser) -> None:
                    help="comma-separated stages in order (default: every stage the survey "
                    "ships weights for or a --*-checkpoint names)")
     for stage in STAGES:
-        p.add_argument(f"--{stage}-checkpoint", default=None, metavar="DIR",
-                       help=f"{stage} checkpoint dir (default: the survey's shipped weights)")
+        # one DIR per option (append), so a member can never swallow the INPUTs after it
+        p.add_argument(f"--{stage}-checkpoint", action="append", default=None, metavar="DIR",
+                       help=f"{stage} checkpoint dir (default: the survey's shipped weights); "
+                       "repeat the option for an ensemble (mean of the members" +
+                       (", and p_lens_std, their spread)" if stage == LENS_DETECT.name else ")"))
+    p.add_argument("--band-alias", action="append", default=[], metavar="FILE=MODEL",
+                   help="treat the files' band FILE as the models' band MODEL, e.g. G=VIS, when "
+                   "they are the same band under another name (repeatable); without it --bands "
+                   "that the models do not take is an error")
 
 
 def _cascade_options(args: argparse.Namespace) -> dict:
     """``run_cascade`` keywords of the options of :func:`_add_geometry` and :func:`_add_models`."""
+    from pathlib import Path
+
+    from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    for item in args.inputs:  # `--lens-detect-checkpoint A B`: B is an INPUT, not a member
+        if all((Path(item) / f).is_file() for f in (WEIGHTS_FILE, CONFIG_FILE)):
+            raise SystemExit(f"lensray {args.command}: {item}: a checkpoint among the INPUTs "
+                             "(give each ensemble member its own --<stage>-checkpoint DIR)")
+    aliases = {}
+    for item in args.band_alias:
+        file_band, sep, model_band = item.partition("=")
+        if not (sep and file_band.strip() and model_band.strip()):
+            raise SystemExit(f"lensray {args.command}: --band-alias {item!r}: expected FILE=MODEL")
+        aliases[file_band.strip()] = model_band.strip()
     return dict(
         bands=args.bands, size=args.size, pixel_scale=args.pixel_scale,
         band_names=args.band_names, survey=args.survey,
         stages=[s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None,
         checkpoints={s: getattr(args, f"{s.replace('-', '_')}_checkpoint") for s in STAGES
                      if getattr(args, f"{s.replace('-', '_')}_checkpoint")},
+        band_aliases=aliases or None,
     )
 
 

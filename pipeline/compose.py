@@ -23,10 +23,8 @@ lost actor costs time, not rows.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.io import schema
@@ -99,14 +97,11 @@ def check_geometry(stages: Sequence[Stage]) -> None:
 
 
 def _weights_tag(stage: Stage) -> str | None:
-    """The weights tag of a model stage's checkpoint (what its provenance column will say)."""
-    from pipeline.models.checkpoint import pretrained_dir, weights_tag
+    """The weights tag of a one-checkpoint model stage (what its provenance column says)."""
+    from pipeline.models.checkpoint import weights_tag
 
-    opts = getattr(stage, "options", {})
-    if not getattr(stage, "uses_model", False) or "survey" not in opts:
-        return None
-    directory = Path(opts["checkpoint"] or pretrained_dir(stage.task, opts["survey"]))
-    return weights_tag(directory, json.loads((directory / "config.json").read_text()))
+    checkpoints = getattr(stage, "checkpoints", None)
+    return weights_tag(checkpoints[0], stage.config) if checkpoints and len(checkpoints) == 1 else None
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -209,7 +204,9 @@ class Pipeline:
 
         from pipeline.io import ReadOptions, list_inputs, read_cutouts
         from pipeline.io.files import group_files
+        from pipeline.stages import check_bands
 
+        check_bands(self.stages, bands)  # a read the models cannot take fails before any work
         inputs = list_inputs(paths)
         resources = self.resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,

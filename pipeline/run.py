@@ -67,6 +67,7 @@ def run_cascade(
     fuse: bool | None = None,
     gpus: float | None = None,
     precision: str = "fp32",
+    band_aliases: dict[str, str] | None = None,
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
@@ -89,7 +90,8 @@ def run_cascade(
             own included).
         threshold / top_fraction: the detector's candidate cut (see ``LensDetect``).
         batch_size: rows per model batch.
-        checkpoints: stage name -> checkpoint directory; missing names use shipped weights.
+        checkpoints: stage name -> checkpoint directory, or a list of them (an ensemble);
+            missing names use shipped weights. Every checkpoint is checked before any work.
         strict: stop at the first unreadable file instead of writing error rows.
         gallery: number of top candidates to draw in ``gallery.png`` (0: none).
         progress: show a progress bar.
@@ -101,6 +103,8 @@ def run_cascade(
         gpus: plan the model pools for this many GPUs, present or not yet (an autoscaling
             cluster whose GPU workers start at zero adds them); None: the GPUs present at start.
         precision: "fp32" or "bf16" (autocast) for the model stages built here.
+        band_aliases: file band -> model band for bands that are the same under other names
+            (``{"G": "VIS"}``; see ``pipeline.stages.ModelStage``).
 
     Returns:
         The summary (also written to ``out/summary.json``).
@@ -111,7 +115,7 @@ def run_cascade(
     from pipeline.io.catalog import CATALOG_DIR
     from pipeline.io.tiles import TilePlan
     from pipeline.io.writers import write_json
-    from pipeline.stages import Stage, build_stages
+    from pipeline.stages import Stage, build_stages, check_bands
     from pipeline.surveys import get_survey
 
     t0 = time.perf_counter()
@@ -140,7 +144,9 @@ def run_cascade(
                   else vote_survey([{",".join(plan.bands)}], "the tiles"))
         stage_objs = build_stages(stages, survey=chosen["name"], threshold=threshold,
                                   top_fraction=top_fraction, batch_size=batch_size,
-                                  checkpoints=checkpoints, precision=precision)
+                                  checkpoints=checkpoints, precision=precision,
+                                  band_aliases=band_aliases)
+    check_bands(stage_objs, read["bands"])  # --bands the models do not take: before any work
     pipeline = Pipeline(stage_objs, fuse=fuse, gpus=gpus)
     store = CatalogStore(out, files)
     store.check_options({**_options_spec(stage_objs, read),

@@ -22,7 +22,6 @@ A custom stage subclasses :class:`Stage`, sets ``name``/``reads``/``writes`` and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -33,7 +32,8 @@ import numpy as np
 
 from pipeline.io import schema
 from pipeline.io.schema import CANDIDATE
-from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, STAGES, SUBSTRUCTURE
+from pipeline.models import fit, tasks
+from pipeline.models.tasks import DENOISE, LENS_DETECT, P_LENS, P_LENS_STD, STAGES, SUBSTRUCTURE
 from pipeline.precision import check_precision
 from pipeline.surveys import get_survey
 
@@ -177,7 +177,8 @@ class Stage:
 
 
 class ModelStage(Stage):
-    """A stage that runs one of lensray's models (``pipeline.models``) on the image column.
+    """A stage that runs one of lensray's models (``pipeline.models``), or an ensemble of them,
+    on the image column.
 
     Every row is first fitted to the checkpoint's geometry (``pipeline.models.fit_rows``: its
     bands picked by name, resampled from the row's ``pixel_scale`` to the model's, centre
@@ -185,9 +186,19 @@ class ModelStage(Stage):
     model wants. Computed rows get ``resample_factor`` (native pixel scale / the model's) and
     ``survey``.
 
+    **Checked on the driver.** Making the stage loads every checkpoint on the CPU
+    (``pipeline.models.load_checkpoint``: config, network, weights, a dry run), so a bad one
+    fails before any work with one line naming it; ``setup`` moves them to the device.
+
+    **Ensembles.** Several checkpoints (a list) run as one stage: each actor holds every member,
+    fits the rows once (the members must share bands, pixel scale and size) and writes the
+    task's combination of the members' columns (``Task.combine``: the mean; for lens-detect
+    also ``p_lens_std``, the std across members). The provenance column names every member.
+
     Args:
-        checkpoint: checkpoint directory (``model.safetensors`` + ``config.json``); None uses
-            the shipped weights of ``survey`` (``pipeline.models.pretrained_dir``).
+        checkpoint: checkpoint directory (``model.safetensors`` + ``config.json``), or a list
+            of them (an ensemble); None uses the shipped weights of ``survey``
+            (``pipeline.models.pretrained_dir``).
         survey: whose shipped weights to use and what to record in the ``survey`` column (a
             name in ``pipeline.surveys.SURVEYS``; None: the default survey, or nothing recorded
             for a checkpoint). A survey without weights for this stage is refused at once.
@@ -196,59 +207,74 @@ class ModelStage(Stage):
         precision: "fp32" (default) or "bf16": autocast the network to bfloat16, faster where
             the hardware has it (the shipped networks' test metrics are unchanged, single scores
             can move; see docs/models.md). Recorded in the provenance column.
+        band_aliases: file band -> model band, for bands that are the same under other names
+            (``{"G": "VIS"}``): applied to the rows' band names and to ``--bands``.
         **resources: see :class:`Stage`.
     """
 
     task: ClassVar[str] = ""  # the task (``pipeline.models.tasks``) whose checkpoints it runs
     uses_model = True
 
-    def __init__(self, checkpoint: str | Path | None = None, *, survey: str | None = None,
-                 device: str | None = None, precision: str = "fp32", **resources):
+    def __init__(self, checkpoint: str | Path | Sequence[str | Path] | None = None, *,
+                 survey: str | None = None, device: str | None = None,
+                 precision: str = "fp32", band_aliases: dict[str, str] | None = None,
+                 **resources):
         from pipeline.models.checkpoint import has_pretrained, no_pretrained, pretrained_dir
 
         super().__init__(**resources)
-        if checkpoint is not None:
-            checkpoint = str(Path(checkpoint).expanduser().resolve())
-            config = self._check_checkpoint(Path(checkpoint))
-        elif not has_pretrained(self.task, survey):  # also checks the survey's name
+        members = _members(checkpoint, type(self).__name__)
+        if members is None and not has_pretrained(self.task, survey):  # also checks the name
             raise FileNotFoundError(f"{type(self).__name__}: {no_pretrained(self.task, survey)}")
-        else:
-            config = self._check_checkpoint(pretrained_dir(self.task, survey))
         check_precision(precision, type(self).__name__)
+        self.checkpoints = [Path(m) for m in members] if members else [
+            pretrained_dir(self.task, survey)]
+        #: (model, config) of each member, loaded (and so checked) now, on the CPU
+        self.members = [self._load(d) for d in self.checkpoints]
+        configs = [c for _, c in self.members]
+        self.config = configs[0]
         #: what the checkpoint takes: bands, pixel_scale, size (its config's)
-        self.geometry = {k: config.get(k) for k in ("bands", "pixel_scale", "size")}
+        self.geometry = {k: configs[0][k] for k in ("bands", "pixel_scale", "size")}
+        columns = tasks.get_task(self.task).columns(self.config)
+        for d, c in zip(self.checkpoints[1:], configs[1:], strict=True):
+            if {k: c[k] for k in self.geometry} != self.geometry:
+                why = f"it takes {fit.takes(c)}"
+            elif tasks.get_task(self.task).columns(c) != columns:
+                why = f"it gives columns {', '.join(tasks.get_task(self.task).columns(c))}"
+            elif c.get("denoiser_weights") != self.config.get("denoiser_weights"):
+                why = f"it was trained on the output of denoiser {c.get('denoiser_weights')}"
+            else:
+                continue
+            raise ValueError(f"{d}: ensemble members must share their input and columns: "
+                             f"{why}, {self.checkpoints[0]} takes {fit.takes(self.config)}")
         #: the weights tag of the denoiser whose output the network was trained on (it then
         #: reads the denoise stage's column), or None: trained on raw cutouts
-        self.denoiser = config.get("denoiser_weights")
+        self.denoiser = self.config.get("denoiser_weights")
         if self.denoiser:
             self.reads = (schema.DENOISED,)
-        self.survey = get_survey(survey).name if survey or checkpoint is None else None
-        self.options.update(checkpoint=checkpoint, survey=survey, device=device,
-                            precision=precision)
-        self.model = self.config = None
+        self.survey = get_survey(survey).name if survey or members is None else None
+        self.options.update(checkpoint=members[0] if members and len(members) == 1 else members,
+                            survey=survey, device=device, precision=precision)
+        if band_aliases:  # only when given: resumed catalogues compare options
+            self.options["band_aliases"] = dict(band_aliases)
 
-    def _check_checkpoint(self, directory: Path) -> dict:
-        """The checkpoint's config; fails on the driver, before any work, if the checkpoint is
-        missing, for another task or without a pixel scale."""
-        cfg_file = directory / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(
-                f"{directory}: not a checkpoint ({cfg_file.name} not found; a checkpoint is a "
-                "directory with model.safetensors and config.json)"
-            )
-        try:
-            config = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-        if config.get("task") != self.task:
-            raise ValueError(
-                f"{directory}: checkpoint is for task {config.get('task')!r}, but "
-                f"{type(self).__name__} needs a {self.task!r} checkpoint"
-            )
-        if not isinstance(config.get("pixel_scale"), (int, float)):
-            raise ValueError(f"{cfg_file}: no pixel_scale (arcsec/px of the images the model "
-                             "was trained on): add it, rows are resampled to it")
-        return config
+    def _load(self, directory: Path) -> tuple:
+        """(model, config) of a checkpoint, after every check of ``load_checkpoint`` and that
+        it is for this stage's task and says its pixel scale."""
+        from pipeline.models.checkpoint import CheckpointError, load_checkpoint
+
+        model, config = load_checkpoint(directory, task=self.task)
+        if config.get("pixel_scale") is None:
+            raise CheckpointError(f"{directory}: config.json has no pixel_scale (arcsec/px of "
+                                  "the images the model was trained on): add it, rows are "
+                                  "resampled to it")
+        return model, config
+
+    def bands_problem(self, bands: Sequence[str] | None) -> str | None:
+        """Why rows read with only ``bands`` cannot feed this stage ("<checkpoint>: ..."), or
+        None (see ``pipeline.models.fit.bands_problem``)."""
+        why = fit.bands_problem({**self.geometry, "task": self.task}, bands,
+                             self.options.get("band_aliases"))
+        return f"{self.checkpoints[0]}: {why}" if why else None
 
     def _pick_device(self) -> str:
         if self.options["device"]:
@@ -262,51 +288,79 @@ class ModelStage(Stage):
         return "cuda" if not in_actor or ray.get_gpu_ids() else "cpu"
 
     def setup(self) -> None:
-        from pipeline.models import load_checkpoint, load_pretrained
-
         self.device = self._pick_device()
-        ckpt = self.options["checkpoint"]
-        if ckpt is None:
-            self.model, self.config = load_pretrained(self.task, device=self.device,
-                                                      survey=self.options["survey"])
-        else:
-            self.model, self.config = load_checkpoint(ckpt, device=self.device)
-        self._tag = _model_tag(self.config, ckpt, self.task, self.options["survey"])
+        self.members = [(m.to(self.device), c) for m, c in self.members]
+        self.config = self.members[0][1]
+        self._tag = "+".join(_model_tag(c, d) for d, (_, c) in
+                             zip(self.checkpoints, self.members, strict=True))
         if self.options["precision"] != "fp32":
             self._tag += f"+{self.options['precision']}"
+
+    def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The task's columns for ``images`` already at the model's geometry (N, bands, size,
+        size): the model's, or the ensemble's combination of its members' (``Task.combine``).
+        Loads the models on first use."""
+        from pipeline.models import predict
+
+        if not self._ready:
+            self.setup()
+            self._ready = True
+        cols = [predict(m, c, images, device=self.device, precision=self.options["precision"])
+                for m, c in self.members]
+        return cols[0] if len(cols) == 1 else tasks.get_task(self.task).combine(cols, self.config)
 
     def compute(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Fit the rows to the model (error rows for those that cannot be), run it on the
         others (``predict``, in its own chunks: a Ray batch of any size is fine)."""
-        from pipeline.models import fit_rows, predict
-
         if self.denoiser:  # the denoise stage's output, already at this model's geometry
             rows = {**rows, schema.IMAGE: rows[schema.DENOISED]}
         else:  # the raw cutout (IMAGE_SCALE describes the denoised column, not this one)
             rows = {k: v for k, v in rows.items() if k != schema.IMAGE_SCALE}
-        fit = fit_rows(rows, self.config, self.survey)
-        ok = fit.ok
-        cols = predict(self.model, self.config, fit.images[ok], device=self.device,
-                       precision=self.options["precision"])
+        fitted = fit.fit_rows(rows, self.config, self.survey, self.options.get("band_aliases"))
+        ok = fitted.ok
+        cols = self.predict(fitted.images[ok])
         n = len(ok)
         out = {k: self._place(None, v, ok, n, np.asarray(v).dtype, np.shape(v)[1:])
                for k, v in cols.items()}
         if schema.IMAGE in out:  # an image out (the denoiser's): later stages must know its scale
             out[schema.IMAGE_SCALE] = np.where(ok, float(self.config["pixel_scale"]), np.nan)
-        out[schema.RESAMPLE] = np.where(ok, fit.factor, np.nan)
+        out[schema.RESAMPLE] = np.where(ok, fitted.factor, np.nan)
         out[schema.SURVEY] = np.array([self.survey if k else None for k in ok], dtype=object)
-        out[schema.ERROR] = fit.errors
+        out[schema.ERROR] = fitted.errors
         return out
 
     def provenance(self) -> str:
         return self._tag
 
 
-def _model_tag(config: dict, checkpoint: str | None, task: str, survey: str | None) -> str:
-    """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
-    from pipeline.models.checkpoint import pretrained_dir, weights_tag
+def _members(checkpoint, who: str) -> list[str] | None:
+    """Resolved checkpoint directories of a ``checkpoint`` argument (None: shipped weights)."""
+    if checkpoint is None:
+        return None
+    items = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    if not items:
+        raise ValueError(f"{who}: checkpoint is an empty list (give one or more directories)")
+    members = [str(Path(c).expanduser().resolve()) for c in items]
+    twice = sorted({m for m in members if members.count(m) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]}: listed twice in one ensemble (each member once)")
+    return members
 
-    return weights_tag(checkpoint or pretrained_dir(task, survey), config)
+
+def _model_tag(config: dict, directory: Path) -> str:
+    """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
+    from pipeline.models.checkpoint import weights_tag
+
+    return weights_tag(directory, config)
+
+
+def check_bands(stages: Sequence[Stage], bands: Sequence[str] | None) -> None:
+    """Raise ValueError (one line, naming the checkpoint) for the first model stage that cannot
+    take rows read with only ``bands`` (the user's ``--bands``; None: all bands)."""
+    for stage in stages:
+        why = stage.bands_problem(bands) if isinstance(stage, ModelStage) else None
+        if why:
+            raise ValueError(why)
 
 
 class Denoise(ModelStage):
@@ -337,7 +391,7 @@ class LensDetect(ModelStage):
     """
 
     name = task = LENS_DETECT.name
-    reads, writes = LENS_DETECT.reads, (*LENS_DETECT.columns(), CANDIDATE)
+    reads, writes = LENS_DETECT.reads, (*LENS_DETECT.columns(), P_LENS_STD, CANDIDATE)
 
     def __init__(self, threshold: float | None = 0.5, *, top_fraction: float | None = None,
                  checkpoint: str | Path | None = None, device: str | None = None,
@@ -398,10 +452,12 @@ def build_stages(
     top_fraction: float | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
+    band_aliases: dict[str, str] | None = None,
 ) -> list[ModelStage]:
     """Stage specs for the named stages, in order, with ``survey``'s shipped weights where
-    ``checkpoints`` (stage name -> directory) gives none; validated now, so a bad checkpoint or
-    a stage the survey ships no weights for fails before any work.
+    ``checkpoints`` (stage name -> directory, or a list of them: an ensemble) gives none;
+    validated now, so a bad checkpoint or a stage the survey ships no weights for fails before
+    any work. ``band_aliases``: see :class:`ModelStage`.
 
     ``stages=None``: every stage (in cascade order) that the survey ships weights for or that
     ``checkpoints`` names; the others are left out with a log line saying so, and so is the
@@ -428,6 +484,7 @@ def build_stages(
     options = {LensDetect: dict(threshold=threshold, top_fraction=top_fraction)}  # the cut
     built = [STAGE_CLASSES[name](checkpoint=checkpoints.get(name), survey=survey,
                                  batch_size=batch_size, precision=precision,
+                                 band_aliases=band_aliases,
                                  **options.get(STAGE_CLASSES[name], {}))
              for name in stages]
     if default and not any(schema.DENOISED in s.reads for s in built):
@@ -440,4 +497,4 @@ def build_stages(
 
 
 __all__ = ["CANDIDATE", "STAGE_CLASSES", "Denoise", "LensDetect", "ModelStage", "Stage",
-           "Substructure", "build_stages"]
+           "Substructure", "build_stages", "check_bands"]

@@ -104,6 +104,8 @@ def test_bad_checkpoints_fail_on_the_driver(tmp_path, ckpts):
     with pytest.raises(ValueError, match="checkpoint is for task 'denoise'"):
         LensDetect(checkpoint=ckpts["denoise"])
     (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes((ckpts["lens-detect"] / "model.safetensors")
+                                                 .read_bytes())
     with pytest.raises(ValueError, match="not valid JSON"):
         Substructure(checkpoint=tmp_path)
     with pytest.raises(ValueError, match="threshold"):
@@ -120,7 +122,8 @@ def test_options_rebuild_the_stage_inside_an_actor(ckpts):
     clone = LensDetect(**stage.options)
     assert clone.options == stage.options
     assert json.dumps(stage.options)  # plain data, cheap to ship to actors
-    assert stage.model is None  # specs do not load models on the driver
+    # the spec loaded (and so checked) its model on the driver, on the CPU
+    assert [next(m.parameters()).device.type for m, _ in stage.members] == ["cpu"]
 
 
 class Brightness(Stage):

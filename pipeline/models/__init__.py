@@ -4,7 +4,7 @@
 lensray knows about it (its tasks, the stages it is the default for, its Tune search space, the
 network that initialises it); ``TASKS``/``STAGES`` are the tasks and stage names;
 ``save_checkpoint`` / ``load_checkpoint`` / ``load_pretrained`` move networks to and from
-safetensors + JSON; ``fit_rows`` fits observed cutouts to a checkpoint's bands, pixel scale and
+safetensors + JSON (loading checks everything first: ``CheckpointError``, one line naming it); ``fit_rows`` fits observed cutouts to a checkpoint's bands, pixel scale and
 size; ``predict`` turns survey images into catalogue columns with the normalisation stored in the
 config.
 
@@ -29,6 +29,7 @@ _LAZY = {
     "model_info": "pipeline.models.registry",
     "model_kwargs": "pipeline.models.registry",
     "register_model": "pipeline.models.registry",
+    "CheckpointError": "pipeline.models.checkpoint",
     "WEIGHTS_DIR": "pipeline.models.checkpoint",
     "load_checkpoint": "pipeline.models.checkpoint",
     "load_pretrained": "pipeline.models.checkpoint",

@@ -43,9 +43,13 @@ def wants(config: dict, survey: str | None = None) -> str:
     """What a checkpoint takes, for messages: 'lens-detect model (ground-gri) wants bands
     g,r,i at 0.2"/px, 64x64 px'."""
     who = f" ({survey})" if survey else ""
+    return f"{config['task']} model{who} wants {takes(config)}"
+
+
+def takes(config: dict) -> str:
+    """A checkpoint's input geometry, for messages: 'bands g,r,i at 0.2"/px, 64x64 px'."""
     size = config["size"]
-    return (f"{config['task']} model{who} wants bands {','.join(config['bands'])} at "
-            f"{config['pixel_scale']:.4g}\"/px, {size}x{size} px")
+    return f"bands {','.join(config['bands'])} at {config['pixel_scale']:.4g}\"/px, {size}x{size} px"
 
 
 def fit_cutouts(images: np.ndarray, pixel_scale: float, config: dict) -> np.ndarray:
@@ -82,12 +86,39 @@ def _resampled(shape, factor: float) -> tuple[int, int]:
     return tuple(max(1, round(int(s) * factor)) for s in shape)
 
 
-def fit_rows(rows: dict, config: dict, survey: str | None = None) -> Fitted:
+def alias_bands(names, aliases: dict[str, str] | None) -> list[str]:
+    """Band ``names`` with the user's ``aliases`` (file band -> model band, any case) applied:
+    ``["G"]`` with ``{"g": "VIS"}`` is ``["VIS"]``."""
+    lower = {k.lower(): v for k, v in (aliases or {}).items()}
+    return [lower.get(n.strip().lower(), n) for n in names]
+
+
+def bands_problem(config: dict, bands, aliases: dict[str, str] | None = None) -> str | None:
+    """Why rows read with only ``bands`` (the user's ``--bands``) cannot feed a checkpoint's
+    model (None: they can): its bands must be among them by name (:func:`match_bands`), after
+    ``aliases``. Without this a one-band read of another band (``--bands G`` on unnamed planes)
+    would be taken in order and scored as if it were the model's band."""
+    if bands is None:
+        return None
+    try:
+        match_bands(config["bands"], alias_bands(bands, aliases), len(bands))
+    except ValueError:
+        wanted = ",".join(config["bands"])
+        return (f"{wants(config)}, but --bands {' '.join(bands)} reads other bands: read "
+                f"{wanted} (or leave --bands out), choose another --survey or checkpoint, or, "
+                f"if they are the same band, say so with --band-alias "
+                f"{bands[0]}={config['bands'][0]}")
+    return None
+
+
+def fit_rows(rows: dict, config: dict, survey: str | None = None,
+             aliases: dict[str, str] | None = None) -> Fitted:
     """Fit reader rows to the geometry of a checkpoint's ``config``.
 
     Per row: pick the model's bands (:func:`pipeline.surveys.match_bands`: by name when the
     file names them, else in order when the count matches), resample from the row's
-    ``pixel_scale`` to the model's (:func:`fit_cutouts`), centre-crop/pad to its size. Rows
+    ``pixel_scale`` to the model's (:func:`fit_cutouts`), centre-crop/pad to its size; the
+    rows' band names are first renamed by the user's ``aliases`` (:func:`alias_bands`). Rows
     without a ``pixel_scale`` column (read without geometry) are taken as they are when their
     shape is the model's; rows whose image an earlier stage replaced by its model's output (a
     finite ``image_scale``: the denoiser's) must be at this model's geometry.
@@ -121,7 +152,8 @@ def fit_rows(rows: dict, config: dict, survey: str | None = None) -> Fitted:
                                      "geometry=True, or fit it with fit_cutouts)")
                 out[i] = images[i]
             else:
-                band_names = names[i].split(",") if names is not None and names[i] else None
+                band_names = (alias_bands(names[i].split(","), aliases)
+                              if names is not None and names[i] else None)
                 picks = tuple(match_bands(config["bands"], band_names, shape[0]))
                 s = float(scales[i])
                 if not (math.isfinite(s) and s > 0):

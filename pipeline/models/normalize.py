@@ -21,7 +21,10 @@ from pipeline.io.pixels import image_stats  # noqa: F401  (part of this module's
 DEFAULT_NORMALIZATION = {"method": "border-mad-asinh", "border": 4, "asinh_scale": 3.0}
 
 
-def _check(cfg: dict) -> dict:
+def check_normalization(cfg: dict | None) -> dict:
+    """``cfg`` (a checkpoint's ``normalization``) with its defaults; ValueError if unknown."""
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ValueError(f"normalization {cfg!r} is not an object like {DEFAULT_NORMALIZATION}")
     cfg = {**DEFAULT_NORMALIZATION, **(cfg or {})}
     if cfg["method"] != "border-mad-asinh":
         raise ValueError(f"unknown normalization method {cfg['method']!r} (known: border-mad-asinh)")
@@ -34,7 +37,7 @@ def normalize(images: np.ndarray, cfg: dict | None = None, stats=None):
     Pass ``stats=(sky, noise)`` to apply another image's statistics (the denoiser's clean target
     is normalised with its noisy input's statistics).
     """
-    cfg = _check(cfg)
+    cfg = check_normalization(cfg)
     x = np.asarray(images, dtype=np.float32)
     sky, noise = stats if stats is not None else image_stats(x, cfg["border"])
     x = np.where(np.isfinite(x), x, sky[..., None, None])
@@ -44,6 +47,6 @@ def normalize(images: np.ndarray, cfg: dict | None = None, stats=None):
 
 def denormalize(z: np.ndarray, sky: np.ndarray, noise: np.ndarray, cfg: dict | None = None):
     """Invert :func:`normalize`: back to the input's units."""
-    cfg = _check(cfg)
+    cfg = check_normalization(cfg)
     x = sky[..., None, None] + noise[..., None, None] * cfg["asinh_scale"] * np.sinh(z)
     return x.astype(np.float32)

@@ -24,6 +24,7 @@ from pipeline.models.normalize import denormalize
 
 LOG_SIGMA_RANGE = (-7.0, 3.0)  # clamp of predicted log-sigma (standardised units) for stability
 P_LENS = "p_lens"  # the lens finder's score column
+P_LENS_STD = "p_lens_std"  # an ensemble's spread: std of its members' p_lens (ddof 0)
 
 
 class Task:
@@ -59,6 +60,12 @@ class Task:
 
     def loss(self, out, batch: dict, config: dict):
         raise NotImplementedError
+
+    def combine(self, members: list[dict[str, np.ndarray]], config: dict) -> dict[str, np.ndarray]:
+        """An ensemble's columns from its members' decoded columns (same columns each, same
+        rows): the mean of each column."""
+        return {k: np.mean([m[k] for m in members], axis=0, dtype=np.float64).astype(
+            np.asarray(members[0][k]).dtype) for k in members[0]}
 
     def decode(self, out: np.ndarray, config: dict, stats=None) -> dict[str, np.ndarray]:
         """Raw outputs -> catalogue columns (``stats``: the input's (sky, noise) when known)."""
@@ -96,6 +103,13 @@ class LensDetect(Task):
 
     def decode(self, out, config, stats=None):
         return {P_LENS: (1 / (1 + np.exp(-out[:, 0].astype(np.float64)))).astype(np.float32)}
+
+    def combine(self, members, config):
+        """The mean ``p_lens`` and its spread ``p_lens_std`` (std across members, ddof 0)."""
+        cols = super().combine(members, config)
+        cols[P_LENS_STD] = np.std([m[P_LENS] for m in members], axis=0,
+                                  dtype=np.float64).astype(np.float32)
+        return cols
 
     def metrics(self, pred, labels, config):
         return M.lens_metrics(labels[IS_LENS], pred[P_LENS])
@@ -172,6 +186,17 @@ class Substructure(Task):
             cols[name] = (mean[:, j] * t["std"] + t["mean"]).astype(np.float32)
             ls = np.clip(log_sigma[:, j], *LOG_SIGMA_RANGE)
             cols[f"{name}_sigma"] = (np.exp(ls) * t["std"]).astype(np.float32)
+        return cols
+
+    def combine(self, members, config):
+        """Mean class probabilities; each target as the members' equal-weight Gaussian
+        mixture: mean of the means, sigma = sqrt(mean of the variances + variance of the
+        means), so the members' disagreement widens the uncertainty."""
+        cols = super().combine(members, config)
+        for name in config["targets"]:
+            mu = np.array([m[name] for m in members], dtype=np.float64)
+            var = np.array([m[f"{name}_sigma"] for m in members], dtype=np.float64) ** 2
+            cols[f"{name}_sigma"] = np.sqrt(var.mean(0) + mu.var(0)).astype(np.float32)
         return cols
 
     def metrics(self, pred, labels, config):

@@ -101,10 +101,10 @@ def with_denoiser(ds, config: dict):
 
     if not config.get("denoiser"):
         return ds
-    from pipeline.models.checkpoint import checkpoint_dir
+    from pipeline.models.checkpoint import resolve_checkpoint
 
     return ds.map_batches(DenoiseImages, batch_format="numpy", batch_size=512,
-                          fn_constructor_kwargs={"checkpoint": str(checkpoint_dir(
+                          fn_constructor_kwargs={"checkpoint": str(resolve_checkpoint(
                               config["denoiser"], "denoise"))},
                           compute=ray.data.ActorPoolStrategy(size=1))
 

@@ -228,9 +228,9 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
 def _check_denoiser(spec: str, cfg: dict) -> str:
     """The weights tag of the denoiser ``spec`` whose output a model trains on; it must take
     the data's geometry (its output is what the model will see)."""
-    from pipeline.models.checkpoint import checkpoint_dir, weights_tag
+    from pipeline.models.checkpoint import resolve_checkpoint, weights_tag
 
-    directory = checkpoint_dir(spec, "denoise")
+    directory = resolve_checkpoint(spec, "denoise")
     try:
         dn = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
