@@ -20,6 +20,17 @@ ERROR = "error"  # str or None
 
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
+# Why a row is an error, for what a rerun does with it (docs/io.md, *Error kinds*): a transient
+# error (network, timeout, permission, a remote open) may go away, so the file is read again
+# by the next run; a permanent one (corrupt, truncated, wrong shape, all NaN, missing band...)
+# stays until the file changes. The readers set it on their error rows (null on good rows); a
+# writer takes an error row without one as permanent. In rows it is ERROR_KIND (simulated
+# shards carry a label named "kind"); in the errors/ files, KIND.
+ERROR_KIND = "error_kind"
+KIND = "kind"
+TRANSIENT, PERMANENT = "transient", "permanent"
+ERROR_KINDS = (TRANSIENT, PERMANENT)
+
 CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
 # Label columns of labelled (simulated) data: written by pipeline.simulate, learnt by the tasks of
 # pipeline.models.tasks; a class column holds the index of its class name.
