@@ -206,7 +206,10 @@ def read_fits_file(
     try:
         data = read_bytes(source, fs, options.attempts, options.retry_wait)
     except ReadFailure as exc:
-        expected = _expected(b"", lambda: read_sidecar(where, fs))  # once: the file failed
+        # A sibling catalogue may say how many cutouts are lost (not worth a wait on a remote
+        # store that just failed transiently).
+        remote_down = fs is not None and exc.kind == schema.TRANSIENT
+        expected = None if remote_down else _expected(b"", lambda: read_sidecar(where, fs))
         batch = _file_error_batch(source, file_stem(source), f"cannot open ({exc.reason})",
                                   options, exc.kind, expected)
         return _strict(batch, options)

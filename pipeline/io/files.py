@@ -138,7 +138,7 @@ def retrying(fn: Callable[[], Any], attempts: int = 3, wait: float = 0.5) -> Any
         except OSError as exc:
             kind = error_kind(exc)
             if kind == PERMANENT or attempt == attempts - 1:
-                tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                tries = f"; {attempt + 1} attempts" if attempt else ""
                 raise ReadFailure(f"{_os_reason(exc)}{tries}", kind) from exc
             time.sleep(wait * 2**attempt)
     raise AssertionError("unreachable")

@@ -60,12 +60,15 @@ def provenance_column(stage: str) -> str:
 # it to a NumPy batch function as float NaN, and blocks or files with and without it disagree
 # on the schema. The two functions below are the one fix, applied where batches enter a stage
 # (restore_nulls) and where tables are made (string_nulls).
+_STRINGS = (ERROR, ERROR_KIND, BAND_NAMES)  # the reader's string columns, null on many rows
+
+
 def restore_nulls(batch: dict) -> dict:
-    """``batch`` with its ``error`` column's nulls back (None) if it arrived as float NaN."""
-    err = batch.get(ERROR)
-    if err is not None and np.asarray(err).dtype.kind == "f":
-        return {**batch, ERROR: np.full(len(batch[ID]), None, dtype=object)}
-    return batch
+    """``batch`` with the nulls of its string columns (``error``, its kind, ``band_names``)
+    back (None) where a column arrived all-null, as float NaN."""
+    nulls = {c: np.full(len(batch[ID]), None, dtype=object) for c in _STRINGS
+             if c in batch and np.asarray(batch[c]).dtype.kind == "f"}
+    return {**batch, **nulls} if nulls else batch
 
 
 def string_nulls(table):
