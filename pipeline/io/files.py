@@ -237,8 +237,7 @@ def list_inputs(paths, filesystem: Any = None) -> Inputs:
         else:
             fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""
         filesystem = filesystem or fs
-        here = (_walk_local(path) if isinstance(fs, pafs.LocalFileSystem) and os.path.isdir(path)
-                else _expand_one(fs, path))
+        here = _expand_one(fs, path)
         if not here:
             raise FileNotFoundError(f"{given}: no FITS files found (suffixes {FITS_SUFFIXES})")
         found += [(scheme + p, size, mtime) for p, size, mtime in here]
@@ -265,14 +264,17 @@ def group_files(inputs: Inputs, parts: int) -> list[list[str]]:
 def _expand_one(fs, path: str) -> list[tuple[str, int, int | None]]:
     """(path, size, mtime) of the files ``path`` names: itself, a directory's FITS files or a
     glob's matches, sorted."""
-    from pyarrow.fs import FileSelector, FileType
+    from pyarrow.fs import FileSelector, FileType, LocalFileSystem
 
+    local = isinstance(fs, LocalFileSystem)
     if any(c in path for c in _GLOB_CHARS):
         parts = path.split("/")
         n_static = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
         base = "/".join(parts[:n_static]) or "/"
         recursive = "**" in path or n_static < len(parts) - 1
         regex = _glob_regex(path)
+        if local:
+            return _walk_local(base, regex.fullmatch) if os.path.isdir(base) else []
         infos = fs.get_file_info(FileSelector(base, recursive=recursive, allow_not_found=True))
         return sorted((i.path, i.size, i.mtime_ns) for i in infos
                       if i.type == FileType.File and regex.fullmatch(i.path))
@@ -280,17 +282,20 @@ def _expand_one(fs, path: str) -> list[tuple[str, int, int | None]]:
     if info.type == FileType.File:
         return [(path, info.size, info.mtime_ns)]
     if info.type == FileType.Directory:
+        if local:
+            return _walk_local(path, is_fits_name)
         infos = fs.get_file_info(FileSelector(path, recursive=True))
         return sorted((i.path, i.size, i.mtime_ns) for i in infos
                       if i.type == FileType.File and is_fits_name(i.path))
     raise FileNotFoundError(f"{path}: no such file or directory")
 
 
-def _walk_local(top: str) -> list[tuple[str, int, int | None]]:
-    """(path, size, mtime) of a local directory's FITS files, sorted. Directory symlinks are
-    followed once (a link back up the tree is not walked again); a FITS-named entry that
-    cannot be followed (a dangling or looping symlink) is kept with size 0, so that reading it
-    gives an error row instead of a silent gap."""
+def _walk_local(top: str, keep: Callable[[str], Any]) -> list[tuple[str, int, int | None]]:
+    """(path, size, mtime) of the files under local directory ``top`` whose path ``keep``
+    accepts, sorted. Directory symlinks are followed once (a link back up the tree is not
+    walked again); an entry that cannot be followed (a dangling or looping symlink) is kept
+    with size 0, so that reading it gives an error row instead of a silent gap (pyarrow's
+    listing drops it, and walks a directory loop until the path is too long)."""
     found: list[tuple[str, int, int | None]] = []
     seen: set[tuple[int, int]] = set()
     todo = [top]
@@ -308,7 +313,7 @@ def _walk_local(top: str) -> list[tuple[str, int, int | None]]:
                     is_dir = False
                 if is_dir:
                     todo.append(entry.path)
-                elif is_fits_name(entry.name):
+                elif keep(entry.path):
                     try:
                         st = entry.stat()
                         found.append((entry.path, st.st_size, st.st_mtime_ns))
