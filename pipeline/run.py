@@ -125,7 +125,7 @@ def run_cascade(
     read = {"bands": list(bands) if bands is not None else None, "size": size,
             "pixel_scale": pixel_scale,
             "band_names": list(band_names) if band_names is not None else None}
-    _read_options(read)  # bad options fail before any work
+    _read_options({**read, "attempts": attempts})  # bad options fail before any work
     out = Path(out)
     plan = inputs if isinstance(inputs, TilePlan) else None
     if plan is not None:  # the plan's units (tiles) are the files; its bands and size rule
