@@ -337,8 +337,8 @@ class CatalogStore:
         marker = self._marker(source)
         if marker is None or not marker.get("finished", True):
             return False
-        now, then = self.stamps.get(source), marker.get("stamp")
-        return now is None or then is None or list(now) == list(then)
+        now, then = self.stamps.get(source) or (), marker.get("stamp") or ()
+        return all(x == y for x, y in zip(now, then, strict=False) if None not in (x, y))
 
     def unfinished(self) -> list[str]:
         """Files written by this run that the next run reads again (transient errors)."""

@@ -168,7 +168,8 @@ def decode_fits(
     except Exception as exc:  # one bad file becomes error rows, never a failed job
         reason = str(exc) if isinstance(exc, _Reason) else f"{type(exc).__name__}: {exc}"
         kind = exc.kind if isinstance(exc, _Reason) else schema.PERMANENT
-        batch = _file_error_batch(source, stem, reason, options, kind, _expected(data, sidecar))
+        known = _expected(data, sidecar if kind == schema.PERMANENT else None)  # no 2nd wait
+        batch = _file_error_batch(source, stem, reason, options, kind, known)
     return _strict(batch, options)
 
 
