@@ -280,7 +280,14 @@ def _add_read(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="centre-crop/pad cutouts to N x N")
     p.add_argument("--limit", type=int, default=50, help="show at most K rows (counts cover all)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    _add_attempts(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_attempts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attempts", type=int, default=3,
+                   help="tries of a file read that fails transiently (network, timeout, "
+                   "permission) before its rows become transient errors (default: 3)")
 
 
 def _run_read(args: argparse.Namespace) -> int:
@@ -291,7 +298,7 @@ def _run_read(args: argparse.Namespace) -> int:
     from pipeline.io.report import format_table, summarize
 
     try:  # bad paths and options fail here, before Ray starts
-        ReadOptions(bands=args.bands, size=args.size)
+        ReadOptions(bands=args.bands, size=args.size, attempts=args.attempts)
         inputs = list_inputs(args.inputs)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"lensray read: {exc}") from None
@@ -300,7 +307,8 @@ def _run_read(args: argparse.Namespace) -> int:
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = read_cutouts(inputs, bands=args.bands, size=args.size, strict=args.strict)
+    ds = read_cutouts(inputs, bands=args.bands, size=args.size, strict=args.strict,
+                      attempts=args.attempts)
     try:
         rows, counts = summarize(ds, progress=not args.no_progress)
     except CutoutReadError as exc:  # --strict
@@ -366,6 +374,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo-n", type=int, default=300, help="--demo: cutouts to simulate")
     p.add_argument("--seed", type=int, default=0, help="--demo: simulation seed")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
+    _add_attempts(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -450,7 +459,7 @@ def _run_run(args: argparse.Namespace) -> int:
         **_cascade_options(args), threshold=args.threshold,
         top_fraction=args.top_fraction, batch_size=args.batch_size, strict=args.strict,
         gallery=args.gallery, progress=not args.no_progress, buffer_gib=args.buffer_gib,
-        gpus=args.gpus, precision=args.precision,
+        gpus=args.gpus, precision=args.precision, attempts=args.attempts,
     )
     ensure_ray(log_to_driver=False, logging_level="ERROR")
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead

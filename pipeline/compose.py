@@ -186,6 +186,7 @@ class Pipeline:
         pixel_scale: float | None = None,
         band_names: Sequence[str] | None = None,
         strict: bool = False,
+        attempts: int = 3,
         drop: Sequence[str] = (),
     ):
         """The stages over the cutouts of FITS ``paths`` (files, directories, globs, URIs, or
@@ -194,7 +195,8 @@ class Pipeline:
         drop=drop)`` gives them, in the same order (lazy too). The rows carry their pixel scale
         and band names, so each model stage fits them to its checkpoint; ``bands`` and ``size``
         only narrow what is read (native pixels), ``pixel_scale`` overrides every file's,
-        ``band_names`` names the planes of files that name none.
+        ``band_names`` names the planes of files that name none, ``attempts`` is the tries of
+        a read that fails transiently.
 
         When all stages fuse into one CPU pool, the pool's :class:`ReadChain` actors read the
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
@@ -211,10 +213,12 @@ class Pipeline:
         resources = self.resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict, geometry=True, pixel_scale=pixel_scale,
-                              band_names=tuple(band_names) if band_names else None)
+                              band_names=tuple(band_names) if band_names else None,
+                              attempts=attempts)
         if not self.reads_in_actors(resources):
             return self.run(read_cutouts(inputs, bands, size, strict=strict, geometry=True,
-                                         pixel_scale=pixel_scale, band_names=band_names),
+                                         pixel_scale=pixel_scale, band_names=band_names,
+                                         attempts=attempts),
                             drop=drop)
         args = self.map_args(ReadChain(self.stages, read=options), resources)
         args["fn_constructor_kwargs"]["filesystem"] = inputs.filesystem

@@ -9,7 +9,8 @@ rows to a :class:`pipeline.io.CatalogStore`, which writes per input file (shard)
     OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, pixel_scale, band_names,
                                   stage columns, resample_factor, survey, versions
     OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model, with the reason
-    OUT/_shards/<shard>.json      written last: the shard is finished (row counts)
+    OUT/_shards/<shard>.json      written last: the shard's row counts (errors by kind), its
+                                  input's size and mtime, and whether it is finished
     OUT/_shards/_options.json     what the catalogue was computed with, written with the first
                                   finished shard (a rerun resuming finished shards must match)
 
@@ -26,7 +27,10 @@ units (tiles) are the files, and its read tasks cut the cutouts (docs/architectu
 **Resumable.** Ray Data preserves row order here, so all rows of a file arrive together and the
 store commits a file as soon as the next one begins (catalogue, errors, then the marker, each
 written atomically). A rerun with the same ``OUT`` skips files that have a marker and rewrites
-the others whole, so an interrupted run never leaves a duplicate or a half shard.
+the others whole, so an interrupted run never leaves a duplicate or a half shard. A file whose
+rows include transient errors (an unreachable endpoint, after ``attempts`` tries) is written but
+not finished, and a file changed since its marker (a corrupt file replaced by a good one) is
+read again: a rerun replaces their rows (docs/io.md, *Error kinds*).
 **Fault tolerant.** Ray Data restarts dead stage actors and retries their batches (see
 ``pipeline.compose``); only whole, successful batches reach the driver.
 """
@@ -68,6 +72,7 @@ def run_cascade(
     gpus: float | None = None,
     precision: str = "fp32",
     band_aliases: dict[str, str] | None = None,
+    attempts: int = 3,
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
@@ -105,6 +110,9 @@ def run_cascade(
         precision: "fp32" or "bf16" (autocast) for the model stages built here.
         band_aliases: file band -> model band for bands that are the same under other names
             (``{"G": "VIS"}``; see ``pipeline.stages.ModelStage``).
+        attempts: tries of a file read that fails transiently (network, timeout, permission),
+            with a growing wait between them; a file still failing gets error rows of kind
+            "transient" and is left unfinished, for the next run to retry.
 
     Returns:
         The summary (also written to ``out/summary.json``).
@@ -124,7 +132,7 @@ def run_cascade(
     read = {"bands": list(bands) if bands is not None else None, "size": size,
             "pixel_scale": pixel_scale,
             "band_names": list(band_names) if band_names is not None else None}
-    _read_options(read)  # bad options fail before any work
+    _read_options({**read, "attempts": attempts})  # bad options fail before any work
     out = Path(out)
     plan = inputs if isinstance(inputs, TilePlan) else None
     if plan is not None:  # the plan's units (tiles) are the files; its bands and size rule
@@ -148,7 +156,7 @@ def run_cascade(
                                   band_aliases=band_aliases)
     check_bands(stage_objs, read["bands"])  # --bands the models do not take: before any work
     pipeline = Pipeline(stage_objs, fuse=fuse, gpus=gpus)
-    store = CatalogStore(out, files)
+    store = CatalogStore(out, files, stamps=listed.stamps() if listed is not None else None)
     store.check_options({**_options_spec(stage_objs, read),
                          **(plan.spec if plan is not None else {})})
 
@@ -156,17 +164,23 @@ def run_cascade(
     if store.pending:
         todo = store.pending if plan is not None else listed.subset(store.pending)
         _stream(pipeline, todo, store, read=read, strict=strict, progress=progress,
-                buffer_gib=buffer_gib, plan=plan)
+                buffer_gib=buffer_gib, plan=plan, attempts=attempts)
     t_written = time.perf_counter()
 
     total = store.totals()
     this_run = store.counts()
+    unfinished = store.unfinished()
+    if unfinished:
+        log.warning("%d file(s) had transient read errors (%s...): their rows are in errors/, "
+                    "and the next run with the same --out reads them again", len(unfinished),
+                    unfinished[0])
     summary = {
         "lensray_version": __version__,
         "inputs": {"files": len(files), "skipped_finished": len(files) - len(store.pending),
-                   "processed": len(store.done), "empty": sorted(store.empty)},
+                   "processed": len(store.done), "empty": sorted(store.empty),
+                   "unfinished": unfinished},  # transient errors: the next run retries them
         "this_run": this_run,
-        "total": total,
+        "total": total,  # rows = cutouts: good + errors (= transient + permanent)
         "adds_up": total["rows"] == total["good"] + total["errors"]
         == total["catalog_parquet_rows"] + total["errors_parquet_rows"],
         "survey": chosen,
@@ -252,7 +266,7 @@ def vote_survey(named: list[set[str]], what: str) -> dict:
 
 
 def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib,
-            plan=None) -> None:
+            plan=None, attempts=3) -> None:
     """Read ``inputs`` (or cut the tiles ``inputs`` of ``plan``), run the stages and hand every
     output block to ``store``, in order."""
     from tqdm import tqdm
@@ -275,7 +289,7 @@ def _stream(pipeline, inputs, store, *, read, strict, progress, buffer_gib,
             ds = pipeline.run(plan.dataset(inputs, strict=strict),
                               drop=[schema.IMAGE, schema.DENOISED, schema.IMAGE_SCALE])
         else:
-            ds = pipeline.run_files(inputs, **read, strict=strict,
+            ds = pipeline.run_files(inputs, **read, strict=strict, attempts=attempts,
                                     drop=[schema.IMAGE, schema.DENOISED, schema.IMAGE_SCALE])
         bar = tqdm(total=len(inputs), unit="file", disable=not progress, dynamic_ncols=True,
                    desc="cascade")

@@ -128,14 +128,16 @@ class Stage:
                 errors = np.array(batch.get(schema.ERROR, np.full(n, None)), dtype=object)
                 errors[rows] = [e for e in failed if e is not None]
                 out[schema.ERROR] = errors
+                if schema.ERROR_KIND in batch:  # a row the stage cannot take stays so
+                    kinds = np.array(batch[schema.ERROR_KIND], dtype=object)
+                    kinds[rows] = schema.PERMANENT
+                    out[schema.ERROR_KIND] = kinds
                 done = mask.copy()
                 done[rows] = False
         else:
             cols = {}
-            if self._template is None:  # learn the output columns from one row, once per actor
-                if n == 0:
-                    return out  # nothing to learn from; an empty block has no rows to lose
-                self._computed({k: np.array(np.asarray(v)[:1]) for k, v in batch.items()})
+            if self._template is None and not self._learn_template(batch):
+                return out  # nothing to learn the columns from; no row is lost
         for name, (dtype, shape) in self._template.items():
             out[name] = self._place(batch.get(name), cols.get(name), mask, n, dtype, shape)
         tag = self.provenance()
@@ -144,6 +146,28 @@ class Stage:
             prov[done] = tag
             out[schema.provenance_column(self.name)] = prov
         return out
+
+    def probe_row(self) -> dict[str, np.ndarray] | None:
+        """One good row (a batch of one) that ``compute`` takes, to learn the output columns
+        from when an actor's first batch has no row to compute (all error rows); None: learn
+        them from that batch's first row, if ``compute`` takes it."""
+        return None
+
+    def _learn_template(self, batch: dict[str, np.ndarray]) -> bool:
+        """Learn the output columns (once per actor) from :meth:`probe_row`, else from the
+        batch's first row; False when neither works (the batch then passes without them)."""
+        probe = self.probe_row()
+        if probe is None:
+            if len(batch[schema.ID]) == 0:
+                return False
+            probe = {k: np.array(np.asarray(v)[:1]) for k, v in batch.items()}
+        try:
+            self._computed(probe)
+        except Exception:  # noqa: BLE001 - e.g. an error row's empty placeholder image
+            log.debug("%s: no output columns learnt from an error row", type(self).__name__,
+                      exc_info=True)
+            return False
+        return True
 
     def _computed(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``compute(rows)``, noting the shapes of its columns (an empty batch's template)."""
@@ -331,6 +355,17 @@ class ModelStage(Stage):
 
     def provenance(self) -> str:
         return self._tag
+
+    def probe_row(self) -> dict[str, np.ndarray]:
+        """A blank cutout of the checkpoint's own geometry (never an error row's placeholder,
+        which may have no pixels: the model must not run on it)."""
+        bands, size = self.config["bands"], int(self.config["size"])
+        blank = np.zeros((1, len(bands), size, size), np.float32)
+        return {schema.ID: np.array(["probe"], dtype=object), schema.IMAGE: blank,
+                **({schema.DENOISED: blank} if self.denoiser else {}),
+                schema.PIXEL_SCALE: np.array([float(self.config["pixel_scale"])]),
+                schema.BAND_NAMES: np.array([",".join(bands)], dtype=object),
+                schema.ERROR: np.array([None], dtype=object)}
 
 
 def _members(checkpoint, who: str) -> list[str] | None:

@@ -7,13 +7,16 @@ per input file ``F`` with key ``K`` (:func:`shard_key`)::
 
     OUT/catalog/K.parquet    good rows
     OUT/errors/K.parquet     rows that could not be read or computed, with the reason
-    OUT/_shards/K.json       written last: F is finished (its counts)
+    OUT/_shards/K.json       written last: F's counts (errors by kind) and stamp (size, mtime)
     OUT/_shards/_options.json  what the catalogue is computed with, written with the first
                              finished file (a run resuming finished files must match)
 
 Every file is written whole under a temporary name and renamed into place
 (:func:`pipeline.io.writers.atomic_write`), so a killed run leaves no half file, and a reopened
-store skips the finished input files.
+store skips the finished input files. A file is *finished* when its marker exists, says it had
+no transient error (those may go away: ``pipeline.io.schema.ERROR_KIND``) and holds the stamp the
+file has now (a file replaced since, e.g. a corrupt one by a good one, is read again and its
+old rows replaced).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ CATALOG_DIR = "catalog"
 ERRORS_DIR = "errors"
 SHARDS_DIR = "_shards"
 IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN, schema.DENOISED, schema.IMAGE_SCALE)  # pixels and what only they need
-COUNTS = ("rows", "good", "errors", "candidates")  # of a finished input file's marker
+COUNTS = ("rows", "good", "errors", *schema.ERROR_KINDS, "candidates")  # of a file's marker
 OPTIONS_FILE = Path(SHARDS_DIR) / "_options.json"
 
 
@@ -125,20 +128,42 @@ def _catalog_table(table):
 
     n = table.num_rows
     for name, kind in ((schema.SOURCE, pa.string()), (schema.INDEX, pa.int64()),
-                       (schema.ERROR, pa.string())):
+                       (schema.ERROR, pa.string()), (schema.ERROR_KIND, pa.string())):
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(n, kind))
     table = schema.string_nulls(table)
+    table = _fill_kind(table)
     return table.append_column("lensray_version", pa.array([_version()] * n, pa.string()))
 
 
+def _fill_kind(table):
+    """Error rows without a ``kind`` (a stage's or the tiles' errors) are permanent."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    is_error = pc.fill_null(pc.is_valid(table[schema.ERROR]), False)
+    unknown = pc.and_(is_error, pc.is_null(table[schema.ERROR_KIND]))
+    if not pc.any(unknown).as_py():
+        return table
+    kind = pc.if_else(unknown, pa.scalar(schema.PERMANENT), table[schema.ERROR_KIND])
+    return table.set_column(table.schema.get_field_index(schema.ERROR_KIND), schema.ERROR_KIND,
+                            kind)
+
+
 def _split(table):
+    """(good rows, error rows); the error kind is the errors' ``kind`` column (in place of a
+    label of that name), not a column of the good rows."""
     import pyarrow.compute as pc
 
     is_error = pc.fill_null(
         pc.and_(pc.is_valid(table[schema.ERROR]), pc.not_equal(table[schema.ERROR], "")), False
     )
-    return table.filter(pc.invert(is_error)), table.filter(is_error)
+    good = table.filter(pc.invert(is_error)).drop_columns([schema.ERROR_KIND])
+    errors = table.filter(is_error)
+    if schema.KIND in errors.column_names:
+        errors = errors.drop_columns([schema.KIND])
+    return good, errors.rename_columns([schema.KIND if c == schema.ERROR_KIND else c
+                                        for c in errors.column_names])
 
 
 def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
@@ -199,15 +224,19 @@ class CatalogStore:
     (``pending`` lists the others). :meth:`add` takes ordered pyarrow tables of output rows (all
     rows of a file together, in ``sources`` order; any split across tables); a file is committed
     (catalogue, errors, then its marker) as soon as the next one begins, the last by
-    :meth:`close`.
+    :meth:`close`. ``stamps`` (source -> (size, mtime), ``Inputs.stamps()``) tell a file
+    replaced since its marker was written; a file with transient errors is written with its
+    rows but not finished, so the next run reads it again.
     """
 
-    def __init__(self, out: str | os.PathLike, sources: Sequence[str]):
+    def __init__(self, out: str | os.PathLike, sources: Sequence[str],
+                 stamps: Mapping[str, Sequence] | None = None):
         self.out = Path(out)
         self.keys = {s: shard_key(s) for s in sources}
+        self.stamps = {s: list(v) for s, v in (stamps or {}).items()}  # source -> [size, mtime]
         for sub in (CATALOG_DIR, ERRORS_DIR, SHARDS_DIR):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
-        self.pending = [s for s in sources if self._marker(s) is None]
+        self.pending = [s for s in sources if not self.finished(s)]
         self._expected = set(self.pending)
         self.current: str | None = None
         self.parts: list = []
@@ -254,9 +283,11 @@ class CatalogStore:
 
     def close(self) -> None:
         """After a complete run: commit the last file; files that gave no row at all are empty
-        (every row was delivered), so they are finished too."""
+        (every row was delivered), so they are finished too (rows of an earlier read gone)."""
         self._commit()
         for source in self.missing():
+            for sub in (CATALOG_DIR, ERRORS_DIR):
+                (self.out / sub / f"{self.keys[source]}.parquet").unlink(missing_ok=True)
             self._finish(source, dict.fromkeys(COUNTS, 0))
             self.empty.append(source)
 
@@ -281,15 +312,17 @@ class CatalogStore:
                 tags = [t for t in table.column(name).to_pylist() if t]
                 if tags:
                     self.models[name] = tags[0]
-        self._finish(self.current, {"rows": table.num_rows, "good": good.num_rows,
-                                    "errors": errors.num_rows, "candidates": _candidates(table)})
+        self._finish(self.current, _file_counts(table, good, errors))
         self.current, self.parts = None, []
 
     def _finish(self, source: str, counts: dict) -> None:
+        """Write ``source``'s marker: its counts and stamp, ``finished`` unless it had a
+        transient error (the next run reads it again)."""
         if self._options is not None:  # before the first marker: what the markers mean
             write_json(self.out / OPTIONS_FILE, self._options)
             self._options = None
-        marker = {"source": source, **counts}
+        marker = {"source": source, **counts, "finished": not counts.get(schema.TRANSIENT),
+                  "stamp": self.stamps.get(source)}
         write_json(self.out / SHARDS_DIR / f"{self.keys[source]}.json", marker)
         self.done[source] = marker
 
@@ -298,16 +331,29 @@ class CatalogStore:
         """Pending files that have produced no row (yet)."""
         return [s for s in self.pending if s not in self.done]
 
+    def finished(self, source: str) -> bool:
+        """Whether ``source`` needs no reading: a marker without transient errors, for the
+        file as it is now (same stamp, when both the marker and this run know it)."""
+        marker = self._marker(source)
+        if marker is None or not marker.get("finished", True):
+            return False
+        now, then = self.stamps.get(source) or (), marker.get("stamp") or ()
+        return all(x == y for x, y in zip(now, then, strict=False) if None not in (x, y))
+
+    def unfinished(self) -> list[str]:
+        """Files written by this run that the next run reads again (transient errors)."""
+        return sorted(s for s, m in self.done.items() if not m["finished"])
+
     def counts(self) -> dict[str, int]:
-        """Counts of the files finished by this run."""
-        return {k: sum(m[k] for m in self.done.values()) for k in COUNTS}
+        """Counts of the files written by this run."""
+        return {k: sum(m.get(k, 0) for m in self.done.values()) for k in COUNTS}
 
     def totals(self) -> dict[str, int]:
         """Counts of every source's marker, and the rows actually on disk (an independent check)."""
         import pyarrow.parquet as pq
 
         markers = [self._marker(s) for s in self.keys]
-        out = {k: sum(m[k] for m in markers if m) for k in COUNTS}
+        out = {k: sum(m.get(k, 0) for m in markers if m) for k in COUNTS}
         for sub in (CATALOG_DIR, ERRORS_DIR):
             files = [self.out / sub / f"{k}.parquet" for k in self.keys.values()]
             out[f"{sub}_parquet_rows"] = sum(pq.ParquetFile(f).metadata.num_rows
@@ -317,6 +363,13 @@ class CatalogStore:
     def _marker(self, source: str) -> dict | None:
         path = self.out / SHARDS_DIR / f"{self.keys[source]}.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _file_counts(table, good, errors) -> dict[str, int]:
+    """A file's marker counts: rows, good, errors (and by kind), candidates."""
+    kinds = errors.column(schema.KIND).to_pylist() if errors.num_rows else []
+    return {"rows": table.num_rows, "good": good.num_rows, "errors": errors.num_rows,
+            **{k: kinds.count(k) for k in schema.ERROR_KINDS}, "candidates": _candidates(table)}
 
 
 def _candidates(table) -> int:

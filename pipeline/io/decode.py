@@ -20,8 +20,12 @@ Layouts, detected per file (first rule that applies):
    header's ``BAND1..BANDn`` names, or takes all planes in file order when their number equals
    ``len(bands)`` (a single-band file read with ``bands=["VIS"]``).
 
-Anything that goes wrong becomes a row with ``error = "<source>: <reason>"`` (file-level problems:
-one row with ``index = -1``), never an exception, unless ``strict=True``.
+Anything that goes wrong becomes a row with ``error = "<source>: <reason>"`` and ``kind``
+transient or permanent (:mod:`pipeline.io.schema`), never an exception, unless ``strict=True``.
+A file that fails whole gives one row per cutout it should hold when that number is known (a
+cube shard whose CUTOUTS header or sibling catalogue was read), else one row with
+``index = -1`` saying the number is unknown. Reading a file's bytes retries transient failures
+(``ReadOptions.attempts``; :func:`pipeline.io.files.retrying`).
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ import numpy as np
 
 from pipeline.io import schema
 from pipeline.io.coords import centre_radec, pixel_scale
-from pipeline.io.files import file_stem, locate, sibling_parquet
+from pipeline.io.files import ReadFailure, file_stem, locate, read_bytes, retrying, sibling_parquet
 from pipeline.io.pixels import centre_crop_or_pad, fix_nonfinite
 from pipeline.io.writers import CATALOG_EXT, CLEAN_EXT, CUTOUTS_EXT
 
-_RESERVED = set(schema.BASE_COLUMNS) | {schema.CLEAN}
+_RESERVED = set(schema.BASE_COLUMNS) | {schema.CLEAN, schema.ERROR_KIND}
 _CORRUPT_HINTS = ("truncated", "corrupt", "error validating header", "extra bytes")
+# ... except the one astropy gives for bytes after the last HDU, whose HDUs it reads: accepted.
+_TRAILING_BYTES = "there may be extra bytes after the last hdu"
 
 
 class CutoutReadError(ValueError):
@@ -57,7 +63,12 @@ class CutoutReadError(ValueError):
 
 
 class _Reason(Exception):
-    """Why a file or cutout is unreadable (becomes the text after '<source>: ')."""
+    """Why a file or cutout is unreadable (becomes the text after '<source>: '), and whether
+    another try may succeed (``kind``)."""
+
+    def __init__(self, text: str, kind: str = schema.PERMANENT):
+        super().__init__(text)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,15 @@ class ReadOptions:
     geometry: bool = False  # also give each row its pixel scale and band names
     pixel_scale: float | None = None  # arcsec/px of every row, whatever the headers say
     band_names: tuple[str, ...] | None = None  # names of planes the file leaves unnamed
+    attempts: int = 3  # tries of a read that fails transiently (network, timeout, permission)
+    retry_wait: float = 0.5  # seconds before the second try, doubled before each next one
 
     def __post_init__(self):
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, (int, np.integer)) \
+                or self.attempts < 1:
+            raise ValueError(f"attempts must be a positive integer, got {self.attempts!r}")
+        if not float(self.retry_wait) >= 0:
+            raise ValueError(f"retry_wait must be >= 0 seconds, got {self.retry_wait!r}")
         if self.band_names is not None:
             names = (self.band_names,) if isinstance(self.band_names, str) else self.band_names
             names = tuple(str(b) for b in names)
@@ -141,12 +159,22 @@ def decode_fits(
     options = options or ReadOptions()
     stem = file_stem(source)
     try:
-        if data[:2] == b"\x1f\x8b":  # gzip bytes (Ray inflates *.gz itself, this is the rest)
-            data = gzip.decompress(data)
+        if data[:2] == b"\x1f\x8b":  # gzip bytes: inflated here, whatever the name
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as exc:
+                raise _Reason(f"truncated or corrupt gzip stream ({exc})") from exc
         batch = _decode(data, source, stem, options, sidecar)
-    except Exception as exc:  # one bad file becomes one error row, never a failed job
+    except Exception as exc:  # one bad file becomes error rows, never a failed job
         reason = str(exc) if isinstance(exc, _Reason) else f"{type(exc).__name__}: {exc}"
-        batch = _file_error_batch(source, stem, reason, options)
+        kind = exc.kind if isinstance(exc, _Reason) else schema.PERMANENT
+        known = _expected(data, sidecar if kind == schema.PERMANENT else None)  # no 2nd wait
+        batch = _file_error_batch(source, stem, reason, options, kind, known)
+    return _strict(batch, options)
+
+
+def _strict(batch: dict[str, np.ndarray], options: ReadOptions) -> dict[str, np.ndarray]:
+    """``batch``, or with ``options.strict`` the first error raised as CutoutReadError."""
     if options.strict:
         for err in batch[schema.ERROR]:
             if err is not None:
@@ -162,25 +190,31 @@ def read_fits_file(
     ``path`` is a local path or a URI (``s3://``, ``gs://``: opened through ``pyarrow.fs``);
     ``filesystem`` is a ``pyarrow.fs.FileSystem`` to open it with instead (e.g. the one
     :func:`pipeline.io.files.list_inputs` listed with). A cube shard's sibling Parquet catalogue
-    is read from the same place. An unopenable file is an error row (or raises, if strict).
+    is read from the same place. Transient failures (network, timeout, permission) are tried
+    ``options.attempts`` times; a file that still cannot be read is error rows of that kind
+    (or raises, if strict).
     """
     options = options or ReadOptions()
     source = str(path)
     fs, where = locate(source, filesystem)
+
+    def sidecar():
+        try:
+            return retrying(lambda: read_sidecar(where, fs), options.attempts, options.retry_wait)
+        except ReadFailure as exc:
+            raise _Reason(f"cannot read the sibling catalogue ({exc.reason})", exc.kind) from exc
+
     try:
-        if fs is None:
-            with open(where, "rb") as f:
-                data = f.read()
-        else:
-            with fs.open_input_stream(where) as f:
-                data = f.read()
-    except OSError as exc:
-        reason = f"cannot open ({exc.strerror or exc})"
-        batch = _file_error_batch(source, file_stem(source), reason, options)
-        if options.strict:
-            raise CutoutReadError(batch[schema.ERROR][0]) from exc
-        return batch
-    return decode_fits(data, source, options, lambda: read_sidecar(where, fs))
+        data = read_bytes(source, fs, options.attempts, options.retry_wait)
+    except ReadFailure as exc:
+        # A sibling catalogue may say how many cutouts are lost (not worth a wait on a remote
+        # store that just failed transiently).
+        remote_down = fs is not None and exc.kind == schema.TRANSIENT
+        expected = None if remote_down else _expected(b"", lambda: read_sidecar(where, fs))
+        batch = _file_error_batch(source, file_stem(source), f"cannot open ({exc.reason})",
+                                  options, exc.kind, expected)
+        return _strict(batch, options)
+    return decode_fits(data, source, options, sidecar)
 
 
 def read_sidecar(path: str, filesystem: Any = None):
@@ -225,9 +259,12 @@ def _decode(data, source, stem, options, sidecar) -> dict[str, np.ndarray]:
 
 def _check_corruption(caught) -> None:
     for w in caught:
-        text = str(w.message)
-        if any(hint in text.lower() for hint in _CORRUPT_HINTS):
-            raise _Reason(f"truncated or corrupt FITS file ({' '.join(text.split())})")
+        text = " ".join(str(w.message).split())
+        lower = text.lower()
+        if _TRAILING_BYTES in lower:
+            continue  # bytes after the last HDU: astropy reads the HDUs, so do we
+        if any(hint in lower for hint in _CORRUPT_HINTS):
+            raise _Reason(f"truncated or corrupt FITS file ({text})")
 
 
 @dataclass
@@ -246,7 +283,8 @@ class _Parts:
     band_names: list[str | None] | None = None  # "VIS" or "g,r,i" (options.geometry)
 
 
-def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.ndarray]:
+def _assemble(parts: _Parts, source: str, options: ReadOptions,
+              kind: str = schema.PERMANENT) -> dict[str, np.ndarray]:
     n = len(parts.ids)
     errors = np.array([None if e is None else f"{source}: {e}" for e in parts.errors], dtype=object)
     batch = {
@@ -257,6 +295,7 @@ def _assemble(parts: _Parts, source: str, options: ReadOptions) -> dict[str, np.
         schema.SOURCE: np.full(n, source, dtype=object),
         schema.INDEX: np.asarray(parts.index, dtype=np.int64),
         schema.ERROR: errors,
+        schema.ERROR_KIND: np.array([None if e is None else kind for e in parts.errors], dtype=object),
     }
     if options.clean:
         batch[schema.CLEAN] = _stack(parts.clean)
@@ -279,10 +318,63 @@ def _stack(images) -> np.ndarray:
     return out
 
 
-def _file_error_batch(source, stem, reason, options) -> dict[str, np.ndarray]:
+def _file_error_batch(source, stem, reason, options, kind=schema.PERMANENT,
+                      expected: dict | None = None) -> dict[str, np.ndarray]:
+    """The rows of a file that failed whole: one per cutout it should hold when ``expected``
+    (:func:`_expected`) knows them, else one (``index`` -1) saying their number is unknown."""
     img = options.error_image()
-    parts = _Parts([f"{stem}:-1"], [-1], [math.nan], [math.nan], [img], [reason], [img])
-    return _assemble(parts, source, options)
+    if expected is None:
+        reason = f"{reason} [whole file, number of cutouts unknown]"
+        parts = _Parts([f"{stem}:-1"], [-1], [math.nan], [math.nan], [img], [reason], [img])
+        return _assemble(parts, source, options, kind)
+    n = len(expected["ra"])
+    ids = expected["ids"] or [f"{stem}:{i}" for i in range(n)]
+    reason = f"{reason} [whole file: all {n} cutouts]"
+    parts = _Parts(list(ids), list(range(n)), expected["ra"], expected["dec"],
+                   [img] * n, [reason] * n, [img] * n)
+    return _assemble(parts, source, options, kind)
+
+
+def _expected(data: bytes, sidecar: Callable[[], Any] | None) -> dict | None:
+    """The cutouts a failed file should hold, as far as can be known: ids and positions from
+    the sibling catalogue, else their number from a cube shard's headers (ids then None);
+    None when unknown. Never raises: the file has failed already."""
+    try:
+        table = sidecar() if sidecar is not None else None
+    except Exception:  # noqa: BLE001 - a best effort
+        table = None
+    if table is not None and schema.ID in table.column_names:
+        n = table.num_rows
+        col = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+        return {"ids": [str(x) for x in col[schema.ID]],
+                "ra": np.asarray(col.get(schema.RA, np.full(n, np.nan)), np.float64),
+                "dec": np.asarray(col.get(schema.DEC, np.full(n, np.nan)), np.float64)}
+    n = _header_count(data)
+    return None if n is None else {"ids": None, "ra": np.full(n, np.nan), "dec": np.full(n, np.nan)}
+
+
+def _header_count(data: bytes) -> int | None:
+    """The number of cutouts a cube shard's headers announce (CUTOUTS' outermost axis, else
+    PRIMARY's NCUTOUT), read from what of ``data`` parses; None if it says none."""
+    import zlib
+
+    from astropy.io import fits
+
+    if data[:2] == b"\x1f\x8b":  # what inflates before the damage
+        data = zlib.decompressobj(wbits=31).decompress(data)
+    count = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
+                for hdu in hdul:
+                    header = hdu.header
+                    count = count if count is not None else header.get("NCUTOUT")
+                    if hdu.name.upper() == CUTOUTS_EXT and header.get("NAXIS", 0) >= 3:
+                        return int(header[f"NAXIS{header['NAXIS']}"])
+    except Exception:  # noqa: BLE001 - a damaged file: what parsed so far
+        pass
+    return int(count) if isinstance(count, (int, np.integer)) and count > 0 else None
 
 
 # ----------------------------------------------------------------------------- pixel finishing

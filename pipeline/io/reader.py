@@ -1,10 +1,12 @@
 """``read_cutouts``: FITS cutouts from files, directories, globs or URIs into a Ray Dataset.
 
 Ray has no FITS reader, so :class:`FitsDatasource` subclasses Ray Data's ``FileBasedDatasource``:
-we list the files once (:func:`pipeline.io.files.list_inputs`), Ray opens them (pyarrow
-filesystems: local, s3://, gs://, ...) and schedules; each file's bytes
-go to :func:`pipeline.io.decode.decode_fits`, which does all the astropy work. Files are read
-whole into memory and parsed there (no memmap), so open handles never pile up.
+we list the files once (:func:`pipeline.io.files.list_inputs`), Ray schedules the read tasks,
+and each task reads its files with :func:`pipeline.io.decode.read_fits_file` (pyarrow
+filesystems: local, s3://, gs://, ...), as the cascade's actors do: one way to open a file, retry
+a transient failure and turn any failure into error rows, so no read task ever fails on a bad
+or unreachable file. Files are read whole into memory and parsed there (no memmap), so open
+handles never pile up.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from ray.data.datasource import DefaultFileMetadataProvider, FileBasedDatasource
 
 from pipeline.io import schema
-from pipeline.io.decode import ReadOptions, decode_fits, read_sidecar
+from pipeline.io.decode import ReadOptions, read_fits_file
 from pipeline.io.files import SMALL_FILE_BYTES, Inputs, list_inputs
 
 if TYPE_CHECKING:
@@ -42,11 +44,16 @@ class FitsDatasource(FileBasedDatasource):
         # Ray strips "s3://" & co. from the paths it hands us; put it back for the source column.
         self._scheme = first.split("://", 1)[0] + "://" if "://" in first else ""
 
-    def _read_stream(self, f: pyarrow.NativeFile, path: str) -> Iterator[Any]:
+    def _open_input_source(self, filesystem, path: str, **open_args) -> _Unopened:
+        # Ray would open (and inflate *.gz) here, outside our error handling: a failed open or
+        # a truncated gzip stream failed the task. _read_stream opens it instead.
+        return _Unopened(filesystem.unwrap() if hasattr(filesystem, "unwrap") else filesystem)
+
+    def _read_stream(self, f: _Unopened, path: str) -> Iterator[Any]:
         # Yields NumPy batches, not blocks: get_read_tasks groups a task's small files into
         # one Arrow block (building a block costs more than decoding a small file; docs/io.md).
         source = path if "://" in path else self._scheme + path
-        yield decode_fits(f.read(), source, self._options, lambda: read_sidecar(path, self._filesystem))
+        yield read_fits_file(source, self._options, f.filesystem)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
         from ray.data.datasource import ReadTask
@@ -57,6 +64,19 @@ class FitsDatasource(FileBasedDatasource):
         return [
             ReadTask(_grouped(t.read_fn), t.metadata, t.schema, t.per_task_row_limit) for t in tasks
         ]
+
+
+class _Unopened:
+    """What Ray's read task holds for a file instead of an open stream: its filesystem."""
+
+    def __init__(self, filesystem):
+        self.filesystem = filesystem
+
+    def __enter__(self) -> _Unopened:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 class _Listed(DefaultFileMetadataProvider):
@@ -157,6 +177,7 @@ def read_cutouts(
     pixel_scale: float | None = None,
     band_names: Sequence[str] | None = None,
     max_nonfinite: float = 0.1,
+    attempts: int = 3,
     override_num_blocks: int | None = None,
     filesystem: pyarrow.fs.FileSystem | None = None,
     shuffle: str | None = None,
@@ -184,6 +205,8 @@ def read_cutouts(
             "y"]`` for HSC cubes): an unnamed cutout with another number of planes is an error.
         max_nonfinite: fraction of NaN/inf pixels per band above which a cutout is an error row;
             below it they are replaced by the band median.
+        attempts: tries of a file read that fails transiently (network, timeout, permission),
+            with a growing wait between them; then its rows are errors of kind "transient".
         override_num_blocks: number of read tasks. Default: one per file, capped so that each task
             has ~32 MiB of files or there are 4 tasks per CPU in the cluster (Ray's default split
             of few big files into many blocks is slower; docs/io.md).
@@ -192,8 +215,9 @@ def read_cutouts(
         ray_remote_args: Ray options of the read tasks (e.g. ``{"num_cpus": 0.5}``).
 
     Returns:
-        A lazy ``ray.data.Dataset`` with columns id, ra, dec, image, source, index, error
-        (+ label columns of cube shards, + ``clean``). Error rows carry "<file>: <reason>".
+        A lazy ``ray.data.Dataset`` with columns id, ra, dec, image, source, index, error, kind
+        (+ label columns of cube shards, + ``clean``). Error rows carry "<file>: <reason>" and
+        their kind, "transient" or "permanent".
     """
     import ray
 
@@ -208,6 +232,7 @@ def read_cutouts(
         band_names=tuple(band_names) if band_names is not None else None,
         max_nonfinite=max_nonfinite,
         strict=strict,
+        attempts=attempts,
     )
     inputs = list_inputs(paths, filesystem)
     ensure_ray()

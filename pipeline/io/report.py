@@ -1,7 +1,7 @@
 """A human-readable summary of a cutout Dataset (what ``lensray read`` prints).
 
-Images stay in the Ray workers: only id, ra, dec, shape, source, index and error come back to
-the driver, so summarising a large read costs little driver memory.
+Images stay in the Ray workers: only id, ra, dec, shape, source, index, error and its kind come
+back to the driver, so summarising a large read costs little driver memory.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def _summary_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     shapes = np.array(
         ["x".join(map(str, np.shape(im))) for im in batch[schema.IMAGE]], dtype=object
     )
-    keep = (schema.ID, schema.RA, schema.DEC, schema.SOURCE, schema.INDEX, schema.ERROR)
+    keep = (schema.ID, schema.RA, schema.DEC, schema.SOURCE, schema.INDEX, schema.ERROR,
+            schema.ERROR_KIND)
     return {**{k: batch[k] for k in keep}, SHAPE: shapes}
 
 
@@ -30,7 +31,8 @@ def summarize(ds, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str
     """All rows of ``ds`` without images, sorted by (source, index), and their counts.
 
     Returns:
-        ``(rows, {"rows": n, "good": n_good, "errors": n_errors})``.
+        ``(rows, {"rows": n, "good": n_good, "errors": n_errors, "transient": n,
+        "permanent": n})`` (errors by kind).
     """
     from tqdm import tqdm
 
@@ -40,8 +42,9 @@ def summarize(ds, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str
         for row in tqdm(small.iter_rows(), desc="reading", unit=" cutouts", disable=not progress)
     ]
     rows.sort(key=lambda r: (r[schema.SOURCE], r[schema.INDEX]))
-    errors = sum(1 for r in rows if r[schema.ERROR])
-    return rows, {"rows": len(rows), "good": len(rows) - errors, "errors": errors}
+    kinds = [r[schema.ERROR_KIND] for r in rows if r[schema.ERROR]]
+    return rows, {"rows": len(rows), "good": len(rows) - len(kinds), "errors": len(kinds),
+                  **{k: kinds.count(k) for k in schema.ERROR_KINDS}}
 
 
 def format_table(
@@ -68,7 +71,9 @@ def format_table(
     ]
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more rows (raise --limit to see them)")
-    lines.append(f"rows={counts['rows']}  good={counts['good']}  errors={counts['errors']}")
+    by_kind = ", ".join(f"{k} {counts[k]}" for k in schema.ERROR_KINDS if counts.get(k))
+    lines.append(f"rows={counts['rows']}  good={counts['good']}  errors={counts['errors']}"
+                 + (f" ({by_kind})" if by_kind else ""))
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -20,6 +20,17 @@ ERROR = "error"  # str or None
 
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
+# Why a row is an error, for what a rerun does with it (docs/io.md, *Error kinds*): a transient
+# error (network, timeout, permission, a remote open) may go away, so the file is read again
+# by the next run; a permanent one (corrupt, truncated, wrong shape, all NaN, missing band...)
+# stays until the file changes. The readers set it on their error rows (null on good rows); a
+# writer takes an error row without one as permanent. In rows it is ERROR_KIND (simulated
+# shards carry a label named "kind"); in the errors/ files, KIND.
+ERROR_KIND = "error_kind"
+KIND = "kind"
+TRANSIENT, PERMANENT = "transient", "permanent"
+ERROR_KINDS = (TRANSIENT, PERMANENT)
+
 CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated cube shard
 # Label columns of labelled (simulated) data: written by pipeline.simulate, learnt by the tasks of
 # pipeline.models.tasks; a class column holds the index of its class name.
@@ -50,12 +61,15 @@ def provenance_column(stage: str) -> str:
 # it to a NumPy batch function as float NaN, and blocks or files with and without it disagree
 # on the schema. The two functions below are the one fix, applied where batches enter a stage
 # (restore_nulls) and where tables are made (string_nulls).
+_STRINGS = (ERROR, ERROR_KIND, BAND_NAMES)  # the reader's string columns, null on many rows
+
+
 def restore_nulls(batch: dict) -> dict:
-    """``batch`` with its ``error`` column's nulls back (None) if it arrived as float NaN."""
-    err = batch.get(ERROR)
-    if err is not None and np.asarray(err).dtype.kind == "f":
-        return {**batch, ERROR: np.full(len(batch[ID]), None, dtype=object)}
-    return batch
+    """``batch`` with the nulls of its string columns (``error``, its kind, ``band_names``)
+    back (None) where a column arrived all-null, as float NaN."""
+    nulls = {c: np.full(len(batch[ID]), None, dtype=object) for c in _STRINGS
+             if c in batch and np.asarray(batch[c]).dtype.kind == "f"}
+    return {**batch, **nulls} if nulls else batch
 
 
 def string_nulls(table):
