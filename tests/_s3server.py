@@ -48,7 +48,7 @@ class S3Server:
             except OSError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto server did not start on port {self.port}")
+                    raise RuntimeError(f"moto server did not start on port {self.port}") from None
                 time.sleep(0.2)
         self.filesystem().create_dir(BUCKET)
         return self
