@@ -4,8 +4,8 @@
 drivers), so library functions can call it freely and still run unchanged on a cluster.
 
 Quiet by default: the Ray it starts sends no worker logs to the driver and logs errors only,
-and Ray Data's, Train's and Tune's INFO blocks are hidden; :func:`set_verbose` (``lensray ...
--v``) shows them all.
+and Ray Data's, Train's and Tune's INFO blocks are hidden (:data:`QUIET_LOGGERS`);
+:func:`set_verbose` (``lensray ... -v``) shows them all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import logging
 import os
 
 _verbose = False
-QUIET_LOGGERS = ("ray.data", "ray.train", "ray.tune")  # their INFO blocks: plans, progress lines
+# Quiet: the level each library logger keeps. Ray Data's INFO blocks (plans, progress) and its
+# ERROR blocks (a failed task's traceback, which our one line states again) are hidden.
+QUIET_LOGGERS = {"ray.data": logging.CRITICAL, "ray.train": logging.ERROR,
+                 "ray.tune": logging.ERROR}
 
 
 def set_verbose(verbose: bool) -> None:
@@ -47,6 +50,6 @@ def ensure_ray(**init_kwargs):
             watch(ray._private.worker.global_worker.node.get_session_dir_path())
         import ray.data  # noqa: F401 - configures its loggers on import: quiet them after
 
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.INFO if _verbose else logging.ERROR)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(logging.INFO if _verbose else level)
     return ray

@@ -479,7 +479,6 @@ def _cascade_options(args: argparse.Namespace) -> dict:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from pipeline._ray import ensure_ray
     from pipeline.demo import MIN_N, run_demo
     from pipeline.run import run_cascade
 
@@ -496,7 +495,6 @@ def _run_run(args: argparse.Namespace) -> int:
         precision=args.precision, force=args.force, prune=args.prune,
     )
     inputs = _list_inputs(args.inputs) if args.inputs else None
-    ensure_ray()
     if args.demo:
         summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
     elif args.tiles:

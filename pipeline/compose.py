@@ -130,9 +130,9 @@ class Pipeline:
         pipeline needs). The last pool drops them itself, so the images never make the extra
         object-store round trip that a separate ``ds.drop_columns`` would cost.
         """
-        import ray
+        from pipeline._ray import ensure_ray
 
-        resources = ray.cluster_resources()
+        resources = ensure_ray().cluster_resources()
         groups = self.groups(resources)
         for i, group in enumerate(groups):
             stage = group[0] if len(group) == 1 else Chain(group)
@@ -165,12 +165,12 @@ class Pipeline:
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
         resources) Ray Data's read tasks feed the pools.
         """
-        import ray
-
+        from pipeline._ray import ensure_ray
         from pipeline.io import ReadOptions, list_inputs, read_cutouts
         from pipeline.io.files import group_files
 
         inputs = list_inputs(paths)
+        ray = ensure_ray()  # as ``run_cascade`` and ``lensray run`` start it (a local Ray)
         resources = ray.cluster_resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict, geometry=True, pixel_scale=pixel_scale,

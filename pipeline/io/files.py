@@ -50,6 +50,20 @@ def strip_scheme(uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
+def uri_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) of a URI whose query holds the filesystem's options,
+    ``s3://bucket/key?endpoint_override=host:port&scheme=http`` (any that
+    ``pyarrow.fs.FileSystem.from_uri`` reads); the path may hold glob characters."""
+    from pyarrow.fs import FileSystem
+
+    base, _, query = uri.partition("?")
+    scheme, rest = base.split("://", 1)
+    if scheme not in ("s3", "gs", "gcs"):  # no buckets: pyarrow parses the whole URI
+        return FileSystem.from_uri(uri)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"  # (glob characters are no URI syntax)
+    return FileSystem.from_uri(f"{bucket}?{query}" if query else bucket)[0], rest
+
+
 def locate(source: str, filesystem: Any = None) -> tuple[Any, str]:
     """(pyarrow filesystem, or None for a plain local open; the path on it) for a path or URI,
     opened through ``filesystem`` when one is given."""
@@ -121,8 +135,9 @@ def list_inputs(paths, filesystem: Any = None) -> Inputs:
     sizes: list[int] = []
     for given in paths:
         if "://" in given:
-            fs, path = filesystem or pafs.FileSystem.from_uri(given)[0], strip_scheme(given)
-            scheme = given.split("://", 1)[0] + "://"
+            fs, path = uri_filesystem(given)
+            fs = filesystem or fs
+            scheme = given.split("://", 1)[0] + "://"  # the files' names carry no query
         else:
             fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""
         filesystem = filesystem or fs

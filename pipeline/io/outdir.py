@@ -27,9 +27,9 @@ class OutDir:
     def __init__(self, out: str | os.PathLike):
         out = os.fspath(out)
         if "://" in out:
-            from pyarrow.fs import FileSystem
+            from pipeline.io.files import uri_filesystem
 
-            fs, path = FileSystem.from_uri(out)
+            fs, path = uri_filesystem(out)
             self.fs, self.root = fs, path.rstrip("/")
             self.uri = out.split("?", 1)[0].rstrip("/")
         else:
