@@ -54,6 +54,7 @@ def write_catalog(
     Image columns are dropped (``drop_columns`` plus any other tensor column of 2 or more
     dimensions); a ``lensray_version`` column is added next to the provenance columns ``source`` and
     ``index`` (added as nulls if the input lacks them). Rows without an ``error`` column are good.
+    Error rows keep the columns of :data:`ERROR_COLUMNS` only.
 
     Args:
         data: a ``ray.data.Dataset`` (executed once), a ``pyarrow.Table``, a pandas DataFrame or a
@@ -76,7 +77,7 @@ def write_catalog(
     import pyarrow.parquet as pq
 
     good, errors = catalog_parts(_as_arrow(data), drop_columns)
-    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, error_table(errors))):
         target = f"{out}/{sub}"
         fs, path = pa.fs.FileSystem.from_uri(target if "://" in target else os.path.abspath(target))
         if mode == "overwrite":
@@ -85,7 +86,7 @@ def write_catalog(
             except OSError:
                 pass
         fs.create_dir(path, recursive=True)
-        if part.num_rows:
+        if part.num_rows or sub == ERRORS_DIR:  # errors/: the schema even without rows
             pq.write_table(part, f"{path}/{uuid.uuid4().hex}.parquet", filesystem=fs)
     return {"rows": good.num_rows + errors.num_rows, "good": good.num_rows,
             "errors": errors.num_rows}
@@ -149,7 +150,8 @@ def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
         ds = ds.drop_columns(drop)
     cat = ds.map_batches(_catalog_table, batch_format="pyarrow").materialize()
     good = cat.map_batches(lambda t: _split(t)[0], batch_format="pyarrow").materialize()
-    errors = cat.map_batches(lambda t: _split(t)[1], batch_format="pyarrow").materialize()
+    errors = cat.map_batches(lambda t: error_table(_split(t)[1]),
+                             batch_format="pyarrow").materialize()
     counts = {"rows": cat.count(), "good": good.count(), "errors": errors.count()}
     for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
         target = f"{out}/{sub}"
