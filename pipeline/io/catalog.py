@@ -229,10 +229,10 @@ class CatalogStore:
         for key in self.pruned:
             self._delete(key)
         self.stale = {} if prune else stale  # key -> marker of outputs kept for no input
-        finished = [k for k in records if k not in self.pruned]
-        self.pending = [s for s in sources if self.keys[s] not in finished]
+        self.records = {k: m for k, m in records.items() if k not in self.pruned}  # key -> marker
+        self.pending = [s for s in sources if self.keys[s] not in self.records]
         self._expected = set(self.pending)
-        self.ids = self._ids_on_disk(finished)
+        self.ids = self._ids_on_disk(list(self.records))
         self.current: str | None = None
         self.parts: list = []
         self.done: dict[str, dict] = {}  # finished by this run: source -> marker
@@ -330,7 +330,7 @@ class CatalogStore:
         nothing."""
         self._options = _as_saved(spec)
         old = self.out.read_text(OPTIONS_FILE)
-        if old is not None and self._records():
+        if old is not None and self.records:
             _refuse_other(self.out.show(), json.loads(old), self._options)
 
     # ------------------------------------------------------------------ writing
@@ -393,7 +393,7 @@ class CatalogStore:
             self._options = None
         marker = {"source": source, **counts}
         self.out.write_json(f"{SHARDS_DIR}/{self.keys[source]}.json", marker)
-        self.done[source] = marker
+        self.done[source] = self.records[self.keys[source]] = marker
 
     # ------------------------------------------------------------------ reading back
     def missing(self) -> list[str]:
@@ -407,7 +407,7 @@ class CatalogStore:
     def totals(self) -> dict[str, int]:
         """Counts of every file set on record (this run's inputs, stale and adopted ones: the
         whole catalogue on disk), and the rows actually on disk (an independent check)."""
-        records = self._records()
+        records = self.records
         out = {k: sum(m.get(k, 0) for m in records.values()) for k in COUNTS}
         names = {sub: set(self.out.list(sub)) for sub in (CATALOG_DIR, ERRORS_DIR)}
         for sub in (CATALOG_DIR, ERRORS_DIR):
