@@ -8,7 +8,8 @@ rows to a :class:`pipeline.io.CatalogStore`, which writes per input file (shard)
 
     OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, pixel_scale, band_names,
                                   stage columns, resample_factor, survey, versions
-    OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model, with the reason
+    OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model: id, source,
+                                  index, error (the reason), kind
     OUT/_shards/<shard>.json      written last: the shard is finished (row counts)
     OUT/_shards/_options.json     what the catalogue was computed with, written with the first
                                   finished shard (a rerun resuming finished shards must match)
@@ -17,8 +18,11 @@ Which models run: ``survey``'s shipped ones (``pipeline.surveys``), chosen from 
 names when not given (:func:`choose_survey`); each model stage fits every row to its own
 bands, pixel scale and size.
 
-then writes ``OUT/summary.json`` (counts: rows in = catalogue + errors, timings, throughput) and
-``OUT/gallery.png`` (the top candidates with their scores).
+then writes ``OUT/summary.json`` (counts of the whole catalogue on disk: rows in = catalogue +
+errors, outputs of inputs not given this time, renamed ids; timings, throughput) and
+``OUT/gallery.png`` (the top candidates of this run's inputs with their scores). ``OUT`` is a
+local directory or a URI (``s3://``, ``gs://``), and it is owned (:class:`CatalogStore`:
+foreign Parquet refused unless ``force``, stale outputs kept unless ``prune``, unique ids).
 
 From survey tiles, ``inputs`` is a :class:`pipeline.io.tiles.TilePlan` instead of a listing: its
 units (tiles) are the files, and its read tasks cut the cutouts (docs/architecture.md).

@@ -104,6 +104,18 @@ def test_read_json_and_failures_are_one_line_with_exit_status_1(field, tmp_path)
                                                                      "lensray read: "))
 
 
+def test_a_crash_is_one_line_that_says_so_and_points_to_verbose():
+    from pipeline.cli import _one_line
+
+    try:
+        {}["band"]
+    except KeyError as exc:  # a bug, not a user's mistake: its type is named
+        assert _one_line(exc, verbose=False) == "KeyError: 'band' (rerun with -v for the traceback)"
+        assert _one_line(exc, verbose=True) == "KeyError: 'band'"
+    bad = ValueError("a.fits: no image HDU\n  more detail")  # a user's problem: its message
+    assert _one_line(bad, verbose=False) == "a.fits: no image HDU"
+
+
 def _session_processes(tmp: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
