@@ -26,8 +26,9 @@ def ckpts(tmp_path_factory):
 
 
 def _run(inputs, out, ckpts, **kw):
+    kw.setdefault("gallery", 0)
     return run_cascade(inputs, out, bands=BANDS, size=SIZE, stages=["lens-detect"],
-                       checkpoints=ckpts, batch_size=16, progress=False, gallery=0, **kw)
+                       checkpoints=ckpts, batch_size=16, progress=False, **kw)
 
 
 def _rows(out, sub="catalog"):
