@@ -3,15 +3,65 @@
 Each sub-command is a pair ``_add_<name>(parser)`` / ``_run_<name>(args)`` registered in
 ``COMMANDS``; the work itself lives in the package, so the CLI, ``jobs/`` and users' Python
 all call the same functions. Heavy imports happen inside ``_run_*`` to keep ``--help`` fast.
+
+One behaviour for every sub-command (:func:`main`): a problem is one line on stderr,
+``lensray <cmd>: ...``, with exit status 2 for a wrong use of the options (:class:`UsageError`,
+argparse's own errors) and 1 for a failure (bad input, a crash: the full traceback only with
+``-v``); ``--json`` makes stdout one JSON document (``run``, ``read``, ``evaluate``,
+``simulate``); Ray's logs stay hidden unless ``-v``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from pipeline.models.tasks import DENOISE, LENS_DETECT, STAGES
 from pipeline.precision import PRECISIONS
+
+
+class UsageError(SystemExit):
+    """A wrong use of the options: one line, exit status 2."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _names(text: str) -> list[str]:
+    """``"g,r,i"`` -> ``["g", "r", "i"]``: list options take one comma-separated argument, so
+    they never swallow the INPUT that follows them."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _add_names(p: argparse.ArgumentParser, flag: str, help_: str, **kw) -> None:
+    """A list option (``--bands VIS,NIR_H``; repeating it adds to the list)."""
+    p.add_argument(flag, type=_names, action="extend", default=None, help=help_, **kw)
+
+
+def _print_json(data) -> None:
+    """``data`` as strict JSON (NaN and infinities as null, which every JSON reader takes)."""
+    print(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data):
+    if type(data).__module__ == "numpy" and getattr(data, "ndim", None) == 0:
+        data = data.item()  # a NumPy scalar
+    if isinstance(data, float):
+        return data if data == data and abs(data) != float("inf") else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
 
 # ----------------------------------------------------------------------------- sub-commands
 # (add new sub-commands below as _add_x/_run_x pairs and list them in COMMANDS)
@@ -38,36 +88,48 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sources", nargs="+", default=None, metavar="INPUT",
                    help="lens task: real high-resolution galaxy stamps (e.g. HST cutouts; files, "
                         "globs, dirs, URIs) as the lensed sources instead of clumpy Sersics")
-    p.add_argument("--bands", nargs="+", default=None,
-                   help="--backgrounds: bands to read by name, in the preset's order")
+    _add_names(p, "--bands", "--backgrounds: bands to read by name, in the preset's order "
+               "(comma-separated)")
     p.add_argument("--arc-snr", default="10,200", metavar="LO,HI",
                    help="--backgrounds: injected arc S/N, log-uniform (default 10,200)")
     p.add_argument("--prior", action="append", default=[], metavar="NAME=LO,HI",
                    help="override a prior, e.g. theta_e=0.8,2.5 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_json(p)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from pipeline.simulate import simulate
+    import os
+
+    from pipeline.simulate import PRESETS, simulate
     from pipeline.simulate.priors import parse_prior_overrides
 
-    splits = [float(x) for x in args.splits.split(",")]
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset {args.preset!r}: unknown (known: {', '.join(PRESETS)})")
+    if os.path.exists(os.path.join(args.out, "manifest.json")) and not args.overwrite:
+        raise UsageError(f"--out {args.out}: holds a simulated set already (pass --overwrite "
+                         "to replace it)")
+    try:
+        splits = [float(x) for x in args.splits.split(",")]
+        arc_snr = tuple(float(x) for x in args.arc_snr.split(","))
+    except ValueError as exc:
+        raise UsageError(f"--splits/--arc-snr: {exc}") from None
     if args.backgrounds:
         from pipeline.simulate.inject import simulate_injections
 
         if args.task != "lens":
-            raise SystemExit("lensray simulate: --backgrounds makes lens-task sets (--task lens)")
+            raise UsageError("--backgrounds makes lens-task sets (--task lens)")
         m = simulate_injections(
             args.preset, args.backgrounds, args.out, args.seed, bands=args.bands, size=args.size,
             priors=parse_prior_overrides(args.prior) or None,
-            snr_range=tuple(float(x) for x in args.arc_snr.split(",")), split_fractions=splits,
+            snr_range=arc_snr, split_fractions=splits,
             sources=args.sources, overwrite=args.overwrite, progress=not args.no_progress)
-        print(f"wrote {m['n']} images ({m['counts']['injected']} backgrounds with and without "
-              f"arcs) to {args.out}; {len(m['skipped'])} cutouts skipped (see manifest.json)")
+        _say(args, m, f"wrote {m['n']} images ({m['counts']['injected']} backgrounds with and "
+             f"without arcs) to {args.out}; {len(m['skipped'])} cutouts skipped (see manifest.json)")
         return 0
     if args.n is None:
-        raise SystemExit("lensray simulate: --n is required (or --backgrounds)")
+        raise UsageError("--n is required (or --backgrounds)")
     manifest = simulate(
         args.preset, args.task, args.n, args.seed, args.out, size=args.size,
         priors=parse_prior_overrides(args.prior) or None, shard_size=args.shard_size,
@@ -76,8 +138,22 @@ def _run_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=not args.no_progress,
     )
     counts = ", ".join(f"{k}={v['n']}" for k, v in manifest["splits"].items())
-    print(f"wrote {manifest['n']} images ({counts}) to {args.out}; classes {manifest['counts']}")
+    _say(args, manifest, f"wrote {manifest['n']} images ({counts}) to {args.out}; classes "
+         f"{manifest['counts']}")
     return 0
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="stdout: one JSON document and nothing else (e.g. for jq)")
+
+
+def _say(args: argparse.Namespace, data, text: str) -> None:
+    """``data`` as JSON on stdout with ``--json``, else ``text``."""
+    if args.json:
+        _print_json(data)
+    else:
+        print(text)
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
@@ -121,8 +197,6 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace) -> dict:
-    import json
-
     keys = ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "threads",
             "max_minutes", "init", "regression_weight", "nll_beta", "train_classes", "precision",
             "denoiser")
@@ -130,7 +204,7 @@ def _recipe(args: argparse.Namespace) -> dict:
     for item in args.model_arg:
         key, sep, val = item.partition("=")
         if not sep:
-            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
+            raise UsageError(f"--model-arg {item!r}: expected KEY=VALUE")
         try:
             overrides[key] = json.loads(val)
         except json.JSONDecodeError:
@@ -140,7 +214,7 @@ def _recipe(args: argparse.Namespace) -> dict:
         try:
             extra["augment"] = json.loads(args.augment)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"--augment {args.augment!r}: not JSON ({e})") from e
+            raise UsageError(f"--augment {args.augment!r}: not JSON ({e})") from None
     return {"model_overrides": overrides, "cpus_per_worker": args.cpus_per_worker, **extra,
             "storage_path": args.storage_path,
             **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
@@ -152,7 +226,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import json
     import shlex
 
     from pipeline.train.loop import train
@@ -161,7 +234,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 use_gpu=args.use_gpu, recipe_command="lensray " + shlex.join(sys.argv[1:]),
                 **_recipe(args))
     cfg = json.loads((out / "config.json").read_text())
-    print(json.dumps({"checkpoint": str(out), "metrics": cfg.get("metrics")}, indent=2))
+    _print_json({"checkpoint": str(out), "metrics": cfg.get("metrics")})
     return 0
 
 
@@ -173,8 +246,6 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline.train.tune import tune_stage
 
     recipe = _recipe(args)
@@ -183,8 +254,7 @@ def _run_tune(args: argparse.Namespace) -> int:
                              num_samples=args.num_samples, max_concurrent=args.max_concurrent,
                              grace_period=args.grace_period, model_overrides=overrides, **recipe)
     cfg = json.loads((out / "config.json").read_text())
-    print(json.dumps({"checkpoint": str(out), "trials": trials, "metrics": cfg.get("metrics")},
-                     indent=2, default=str))
+    _print_json({"checkpoint": str(out), "trials": trials, "metrics": cfg.get("metrics")})
     return 0
 
 
@@ -215,53 +285,48 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    help="denoise stage: lens data on which to compare the shipped detector's "
                         "AUC on raw vs denoised cutouts")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_json(p)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     if args.labels is not None or args.inputs:
         return _evaluate_cutouts(args)
     if not (args.data and args.stage):
-        raise SystemExit("lensray evaluate: give --labels LABELS --out DIR (observed cutouts), "
+        raise UsageError("give --labels LABELS --out DIR (observed cutouts), "
                          "or --data DIR --stage STAGE (one model on simulated data)")
     return _evaluate_model(args)
 
 
 def _evaluate_cutouts(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
     from pipeline._ray import ensure_ray
     from pipeline.evaluate import LENS_RATE, evaluate_cutouts
 
     if not args.out:
-        raise SystemExit("lensray evaluate: --labels needs --out DIR")
-    ensure_ray(log_to_driver=False, logging_level="ERROR")
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    try:
-        res = evaluate_cutouts(args.inputs, args.labels, args.out,
-                               lens_rate=args.lens_rate or LENS_RATE,
-                               progress=not args.no_progress, **_cascade_options(args))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray evaluate: {exc}") from None
-    print(json.dumps({k: res[k] for k in ("counts", "all", "groups")}, indent=2, default=str))
-    print(f"metrics: {args.out}/metrics.json  roc: {res['roc']}  mistakes: {res['mistakes']}")
+        raise UsageError("--labels needs --out DIR")
+    ensure_ray()
+    res = evaluate_cutouts(args.inputs, args.labels, args.out,
+                           lens_rate=args.lens_rate or LENS_RATE,
+                           progress=not args.no_progress, **_cascade_options(args))
+    metrics = {k: res[k] for k in ("counts", "all", "groups")}
+    if args.json:
+        _print_json({**metrics, "metrics": f"{args.out}/metrics.json", "roc": res["roc"],
+                     "mistakes": res["mistakes"]})
+    else:
+        _print_json(metrics)
+        print(f"metrics: {args.out}/metrics.json  roc: {res['roc']}  mistakes: {res['mistakes']}")
     return 0
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline._ray import ensure_ray
     from pipeline.models import load_checkpoint, load_pretrained
     from pipeline.train.evaluate import denoiser_effect_on_detector, evaluate_model
 
-    try:  # a bad checkpoint is one line, before Ray starts
-        model, config = (load_checkpoint(args.checkpoint, task=args.stage) if args.checkpoint
-                         else load_pretrained(args.stage))
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray evaluate: {exc}") from None
+    # a bad checkpoint is one line (main() prints it), before Ray starts
+    model, config = (load_checkpoint(args.checkpoint, task=args.stage) if args.checkpoint
+                     else load_pretrained(args.stage))
     if not args.checkpoint and args.model and args.model != config["model"]:
-        raise SystemExit(f"shipped {args.stage} weights are {config['model']!r}, not "
+        raise UsageError(f"shipped {args.stage} weights are {config['model']!r}, not "
                          f"{args.model!r}: pass --checkpoint DIR for other networks")
     ensure_ray()
     res = evaluate_model(model, config, args.data, args.split, args.plots, args.limit)
@@ -269,19 +334,21 @@ def _evaluate_model(args: argparse.Namespace) -> int:
         det, det_cfg = load_pretrained(LENS_DETECT.name)
         res["detector"] = denoiser_effect_on_detector(model, config, det, det_cfg,
                                                       args.detector_data, args.split, args.limit)
-    print(json.dumps(res, indent=2, default=str))
+    _print_json(res)
     return 0
 
 
 def _add_read(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="FITS files, directories, globs or URIs (s3://, gs://)")
-    p.add_argument("--bands", nargs="+", default=None, help="bands to read, e.g. VIS NIR_H")
+    _add_names(p, "--bands", "bands to read, comma-separated, e.g. VIS,NIR_H (default: all)")
     p.add_argument("--size", type=int, default=None, help="centre-crop/pad cutouts to N x N")
-    p.add_argument("--limit", type=int, default=50, help="show at most K rows (counts cover all)")
+    p.add_argument("--limit", type=int, default=50,
+                   help="show at most K rows (counts cover all; --json: all rows)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
     _add_attempts(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_json(p)
 
 
 def _add_attempts(p: argparse.ArgumentParser) -> None:
@@ -291,30 +358,39 @@ def _add_attempts(p: argparse.ArgumentParser) -> None:
 
 
 def _run_read(args: argparse.Namespace) -> int:
-    import logging
-
     from pipeline._ray import ensure_ray
-    from pipeline.io import CutoutReadError, ReadOptions, list_inputs, read_cutouts
+    from pipeline.io import CutoutReadError, ReadOptions, read_cutouts
     from pipeline.io.report import format_table, summarize
 
-    try:  # bad paths and options fail here, before Ray starts
-        ReadOptions(bands=args.bands, size=args.size, attempts=args.attempts)
-        inputs = list_inputs(args.inputs)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray read: {exc}") from None
-    ensure_ray(log_to_driver=False, logging_level="ERROR")
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ReadOptions(bands=args.bands, size=args.size, attempts=args.attempts)  # before Ray
+    inputs = _list_inputs(args.inputs)
+    ray = ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own bar instead
     ds = read_cutouts(inputs, bands=args.bands, size=args.size, strict=args.strict,
                       attempts=args.attempts)
     try:
         rows, counts = summarize(ds, progress=not args.no_progress)
     except CutoutReadError as exc:  # --strict
-        raise SystemExit(f"lensray read: {exc.unwrapped()}") from None
-    print(format_table(rows, counts, args.limit))
+        raise exc.unwrapped() from None
+    if args.json:
+        _print_json({"counts": counts, "rows": rows})
+    else:
+        print(format_table(rows, counts, args.limit))
     return 0
+
+
+def _list_inputs(paths: list[str]):
+    """The INPUT arguments listed (:func:`pipeline.io.list_inputs`); an INPUT that does not
+    exist and looks like a band name is most likely a list option written with spaces."""
+    import os
+
+    from pipeline.io import list_inputs
+
+    for path in paths:
+        if "://" not in path and not os.path.exists(path) and not any(c in path for c in "*?[./"):
+            raise UsageError(f"INPUT {path!r} does not exist (list options take one "
+                             "comma-separated argument: --bands g,r,i)")
+    return list_inputs(paths)
 
 
 def _add_tile_inputs(p: argparse.ArgumentParser, required: bool) -> None:
@@ -327,8 +403,8 @@ def _add_tile_inputs(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--id-column", default=None, help="catalogue id column (default: id, ...)")
     p.add_argument("--ra-column", default=None, help="catalogue RA column, degrees (default: ra, ...)")
     p.add_argument("--dec-column", default=None, help="catalogue Dec column (default: dec, ...)")
-    p.add_argument("--columns", nargs="+", default=None, metavar="COLUMN",
-                   help="catalogue columns to keep in the output (default: all)")
+    _add_names(p, "--columns", "catalogue columns to keep in the output, comma-separated "
+               "(default: all)", metavar="COLUMN")
     p.add_argument("--max-nonfinite", type=float, default=0.1,
                    help="fraction of a cutout that may be NaN or off the tile (filled with the "
                    "band median); more makes an error row")
@@ -349,8 +425,16 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     _add_tile_inputs(p, required=False)
     p.add_argument("--demo", action="store_true",
                    help="simulate a small field (a few %% lenses) into OUT/demo-field and run on it")
-    p.add_argument("--out", required=True, help="output dir (catalog/, errors/, summary.json, "
-                   "gallery.png); rerunning with the same dir skips finished input files")
+    p.add_argument("--out", required=True, help="output dir or URI (s3://bucket/out, gs://...; "
+                   "endpoint options in the URI's query, docs/io.md): catalog/, errors/, "
+                   "summary.json, gallery.png; rerunning with the same dir skips finished input "
+                   "files")
+    p.add_argument("--force", action="store_true",
+                   help="adopt Parquet files in OUT/catalog or OUT/errors that this output "
+                   "directory has no record of (default: refuse them)")
+    p.add_argument("--prune", action="store_true",
+                   help="delete the outputs of input files not given this time (default: keep "
+                   "them; the summary counts them)")
     _add_geometry(p)
     cut = p.add_mutually_exclusive_group()
     cut.add_argument("--threshold", type=float, default=0.5,
@@ -376,13 +460,13 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file")
     _add_attempts(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_json(p)
 
 
 def _add_geometry(p: argparse.ArgumentParser) -> None:
     """What the reader takes from the files (``run`` and ``evaluate``)."""
-    p.add_argument("--bands", nargs="+", default=None,
-                   help="bands to read, e.g. VIS or g r i (default: all; each model then picks "
-                   "its own bands by name)")
+    _add_names(p, "--bands", "bands to read, comma-separated, e.g. VIS or g,r,i (default: all; "
+               "each model then picks its own bands by name)")
     p.add_argument("--size", type=int, default=None,
                    help="centre-crop/pad native cutouts to N x N before the models (default: "
                    "none; each model resamples and crops to its own size; --tiles: cut N x N, "
@@ -390,8 +474,8 @@ def _add_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
                    help="arcsec/px of every input, instead of what the headers say (WCS, "
                    "PIXSCALE, CDELT); needed for files that say nothing")
-    p.add_argument("--band-names", nargs="+", default=None, metavar="NAME",
-                   help="names of the planes of files that name none, e.g. g r i z y")
+    _add_names(p, "--band-names", "names of the planes of files that name none, "
+               "comma-separated, e.g. g,r,i,z,y", metavar="NAMES")
 
 
 def _add_models(p: argparse.ArgumentParser) -> None:
@@ -443,38 +527,44 @@ def _cascade_options(args: argparse.Namespace) -> dict:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    import json
-    import logging
-
-    from pipeline._ray import ensure_ray
-    from pipeline.demo import run_demo
+    from pipeline.demo import MIN_N, run_demo
     from pipeline.run import run_cascade
 
     if sum((bool(args.inputs), args.demo, args.tiles is not None)) != 1:
-        raise SystemExit("lensray run: give INPUT files/dirs, --tiles with --catalog, or --demo "
-                         "(one of them)")
+        raise UsageError("give INPUT files/dirs, --tiles with --catalog, or --demo (one of them)")
     if (args.tiles is None) != (args.catalog is None):
-        raise SystemExit("lensray run: --tiles and --catalog go together")
+        raise UsageError("--tiles and --catalog go together")
+    if args.demo and args.demo_n < MIN_N:
+        raise UsageError(f"--demo-n must be at least {MIN_N}, got {args.demo_n}")
     kwargs = dict(
         **_cascade_options(args), threshold=args.threshold,
         top_fraction=args.top_fraction, batch_size=args.batch_size, strict=args.strict,
         gallery=args.gallery, progress=not args.no_progress, buffer_gib=args.buffer_gib,
         gpus=args.gpus, precision=args.precision, attempts=args.attempts,
+        force=args.force, prune=args.prune,
     )
-    ensure_ray(log_to_driver=False, logging_level="ERROR")
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress bar instead
-    try:  # bad options, checkpoints, inputs or a resumed --out with other options
-        if args.demo:
-            summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
-        elif args.tiles:
-            summary = run_cascade(_tile_plan(args, args.size or 64), args.out, **kwargs)
-        else:
-            summary = run_cascade(args.inputs, args.out, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray run: {exc}") from None
-    print(json.dumps({k: summary[k] for k in ("inputs", "total", "throughput_rows_per_s",
-                                             "timings_s") if k in summary}, indent=2))
-    print(f"catalogue: {args.out}/catalog/  errors: {args.out}/errors/  "
+    inputs = _list_inputs(args.inputs) if args.inputs else None
+    if args.demo:
+        summary = run_demo(args.out, n=args.demo_n, seed=args.seed, **kwargs)
+    elif args.tiles:
+        summary = run_cascade(_tile_plan(args, args.size or 64), args.out, **kwargs)
+    else:
+        summary = run_cascade(inputs, args.out, **kwargs)
+    if args.json:
+        _print_json(summary)
+        return 0
+    files, total = summary["inputs"], summary["total"]
+    print(f"{files['files']} input files ({files['processed']} processed, "
+          f"{files['skipped_finished']} finished before); the catalogue holds {total['rows']} "
+          f"rows: {total['good']} good ({total['candidates']} candidates), {total['errors']} "
+          f"errors; {summary['throughput_rows_per_s']} rows/s, {summary['timings_s']['total']} s")
+    if files["stale"]["files"]:
+        print(f"{files['stale']['files']} files' outputs ({files['stale']['rows']} rows) are of "
+              "inputs not given this time: kept and counted (--prune deletes them)")
+    if total.get("ids_renamed"):
+        print(f"{total['ids_renamed']} duplicate ids renamed with a ~N suffix (docs/io.md)")
+    out = args.out.split("?", 1)[0].rstrip("/")
+    print(f"catalogue: {out}/catalog/  errors: {out}/errors/  summary: {out}/summary.json  "
           f"gallery: {summary.get('gallery', '-')}")
     return 0
 
@@ -483,26 +573,20 @@ def _add_cutout(p: argparse.ArgumentParser) -> None:
     _add_tile_inputs(p, required=True)
     p.add_argument("--out", required=True, help="output dir (shards/, errors/, summary.json); "
                    "rerunning with the same dir skips finished shards")
-    p.add_argument("--bands", nargs="+", default=None, help="bands in order, e.g. VIS NIR_H")
+    _add_names(p, "--bands", "bands in order, comma-separated, e.g. VIS,NIR_H")
     p.add_argument("--size", type=int, default=64, help="cutout side in pixels")
     p.add_argument("--shard-size", type=int, default=1000, help="cutouts per shard (at most)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _run_cutout(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline._ray import ensure_ray
     from pipeline.cutout import cut_tiles
 
-    ensure_ray(log_to_driver=False, logging_level="ERROR")
-    try:
-        summary = cut_tiles(_tile_plan(args, args.size), args.out, shard_size=args.shard_size,
-                            progress=not args.no_progress)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray cutout: {exc}") from None
-    print(json.dumps({k: summary[k] for k in ("units", "total", "throughput_rows_per_s")},
-                     indent=2))
+    ensure_ray()
+    summary = cut_tiles(_tile_plan(args, args.size), args.out, shard_size=args.shard_size,
+                        progress=not args.no_progress)
+    _print_json({k: summary[k] for k in ("units", "total", "throughput_rows_per_s")})
     print(f"shards: {args.out}/shards/  errors: {args.out}/errors/")
     return 0
 
@@ -554,23 +638,81 @@ COMMANDS: dict[str, tuple] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``lensray run: the problem (--help: usage)``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has one its help does not already state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in help_:
+            return help_
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="lensray", description="Survey-scale strong-lens pipeline on Ray."
-    )
+    parser = _Parser(prog="lensray", description="Survey-scale strong-lens pipeline on Ray.")
     parser.add_argument("--version", action="version", version=f"lensray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, _run, help_) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_, description=help_))
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=_Help)
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show Ray's logs, and the full traceback of a failure")
+        add(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command: a problem raises SystemExit with one line
+    ``lensray <cmd>: ...`` (status 2: wrong options, :class:`UsageError`; 1: a failure; the
+    traceback is printed first with ``-v``)."""
     args = build_parser().parse_args(argv)
+    prog = f"lensray {args.command}"
     _add, run, _help = COMMANDS[args.command]
-    return int(run(args) or 0)
+    from pipeline import _ray
+
+    _ray.set_verbose(args.verbose)
+    try:
+        return int(run(args) or 0)
+    except UsageError as exc:
+        print(f"{prog}: {exc} (see {prog} --help)", file=sys.stderr)
+        raise UsageError(f"{prog}: {exc}") from None
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        raise SystemExit(f"{prog}: interrupted") from None
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        raise SystemExit(f"{prog}: {_one_line(exc, args.verbose)}") from None
+
+
+# Failures that describe themselves (bad input, options, storage); any other exception is a
+# crash, and its line says so.
+_EXPECTED = (OSError, ValueError, RuntimeError)
+
+
+def _one_line(exc: BaseException, verbose: bool) -> str:
+    """The one line that stands for ``exc``: its message (the cause of a Ray task error), or,
+    for an unexpected exception, its type and message and where to see more."""
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError: the worker's exception
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, _EXPECTED) and lines:
+        return text
+    hint = "" if verbose else " (rerun with -v for the traceback)"
+    return f"{type(exc).__name__}: {text}{hint}"
 
 
 if __name__ == "__main__":

@@ -151,10 +151,11 @@ class Pipeline:
         return f"Pipeline({self.stages!r})"
 
     def resources(self) -> dict[str, float]:
-        """The resources the pools are planned for: the cluster's now, GPUs as ``gpus`` says."""
-        import ray
+        """The resources the pools are planned for: the cluster's now (a local Ray started if
+        none is), GPUs as ``gpus`` says."""
+        from pipeline._ray import ensure_ray
 
-        resources = dict(ray.cluster_resources())
+        resources = dict(ensure_ray().cluster_resources())
         if self.gpus is not None:
             resources["GPU"] = float(self.gpus)
         return resources
@@ -202,14 +203,14 @@ class Pipeline:
         files themselves; otherwise (GPU pools, ``fuse=False``, stages with their own
         resources) Ray Data's read tasks feed the pools.
         """
-        import ray
-
+        from pipeline._ray import ensure_ray
         from pipeline.io import ReadOptions, list_inputs, read_cutouts
         from pipeline.io.files import group_files
         from pipeline.stages import check_bands
 
         check_bands(self.stages, bands)  # a read the models cannot take fails before any work
         inputs = list_inputs(paths)
+        ray = ensure_ray()  # as ``run_cascade`` and ``lensray run`` start it (a local Ray)
         resources = self.resources()
         options = ReadOptions(bands=tuple(bands) if bands is not None else None, size=size,
                               strict=strict, geometry=True, pixel_scale=pixel_scale,

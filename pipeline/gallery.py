@@ -16,21 +16,25 @@ from pipeline.io.schema import ID
 from pipeline.models.tasks import LENS_DETECT, P_LENS, SUBSTRUCTURE
 
 
-def top_candidates(catalog_dir: str | os.PathLike, k: int = 16,
+def top_candidates(catalog_dir, k: int = 16,
                    keys: Sequence[str] | None = None) -> list[dict]:
     """The ``k`` rows with the highest ``p_lens`` (or the first ``k`` rows without a detector).
 
-    ``keys`` limits the search to those shard files (``<key>.parquet``) of the catalogue.
+    ``catalog_dir``: a local directory or URI (:class:`pipeline.io.outdir.OutDir`); ``keys``
+    limits the search to those shard files (``<key>.parquet``) of the catalogue.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    catalog_dir = Path(catalog_dir)
-    files = sorted(catalog_dir.glob("*.parquet")) if keys is None else [
-        catalog_dir / f"{key}.parquet" for key in keys if (catalog_dir / f"{key}.parquet").is_file()]
+    from pipeline.io.outdir import OutDir
+
+    catalog = catalog_dir if isinstance(catalog_dir, OutDir) else OutDir(catalog_dir)
+    names = catalog.list("")
+    files = [n for n in names if n.endswith(".parquet")] if keys is None else [
+        f"{key}.parquet" for key in keys if f"{key}.parquet" in names]
     if not files or k <= 0:
         return []
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    table = pa.concat_tables([catalog.read_parquet(f) for f in files],
+                             promote_options="permissive")
     if table.num_rows == 0:
         return []
     if P_LENS in table.column_names:
@@ -110,7 +114,8 @@ def _label(row: dict) -> tuple[str, str]:
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | None = None,
                   fit_to: dict | None = None, columns: int = 4, title: str | None = None,
                   images: list | None = None) -> Path:
-    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path``, re-read with
+    """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path`` (or a binary
+    file object), re-read with
     the run's ``read`` settings (bands, size...) and fitted to ``fit_to`` (see
     :func:`reread_cutouts`), or ``images``: the rows' cutouts when they cannot be read again from
     their source file (tiles); ``title`` above them (default: the top candidates)."""
@@ -119,7 +124,6 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
     n = max(1, len(rows))
     ncol = min(columns, n)
     nrow = -(-n // ncol)
@@ -133,8 +137,8 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
             ax.imshow(pic, cmap=cmap, origin="lower", interpolation="nearest")
         else:
             ax.text(0.5, 0.5, "cutout\nunavailable", ha="center", va="center")
-        title, caption = _label(row)
-        ax.set_title(title, fontsize=7)
+        head, caption = _label(row)
+        ax.set_title(head, fontsize=7)
         ax.text(0.03, 0.03, caption, transform=ax.transAxes, fontsize=7, color="white",
                 va="bottom", ha="left", bbox={"facecolor": "black", "alpha": 0.55, "pad": 2,
                                              "edgecolor": "none"})
@@ -142,7 +146,11 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
         axes.flat[0].text(0.5, 0.5, "no candidates", ha="center", va="center")
     fig.suptitle(title or f"lensray: top {len(rows)} candidates by p_lens", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.0 * nrow)), h_pad=1.5)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    if hasattr(path, "write"):
+        fig.savefig(path, dpi=110, format="png")
+    else:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

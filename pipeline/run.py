@@ -8,7 +8,8 @@ rows to a :class:`pipeline.io.CatalogStore`, which writes per input file (shard)
 
     OUT/catalog/<shard>.parquet   good rows: id, ra, dec, source, index, pixel_scale, band_names,
                                   stage columns, resample_factor, survey, versions
-    OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model, with the reason
+    OUT/errors/<shard>.parquet    rows that could not be read or fitted to a model: id, source,
+                                  index, error (the reason), kind (transient or permanent)
     OUT/_shards/<shard>.json      written last: the shard's row counts (errors by kind), its
                                   input's size and mtime, and whether it is finished
     OUT/_shards/_options.json     what the catalogue was computed with, written with the first
@@ -18,8 +19,11 @@ Which models run: ``survey``'s shipped ones (``pipeline.surveys``), chosen from 
 names when not given (:func:`choose_survey`); each model stage fits every row to its own
 bands, pixel scale and size.
 
-then writes ``OUT/summary.json`` (counts: rows in = catalogue + errors, timings, throughput) and
-``OUT/gallery.png`` (the top candidates with their scores).
+then writes ``OUT/summary.json`` (counts of the whole catalogue on disk: rows in = catalogue +
+errors, outputs of inputs not given this time, renamed ids; timings, throughput) and
+``OUT/gallery.png`` (the top candidates of this run's inputs with their scores). ``OUT`` is a
+local directory or a URI (``s3://``, ``gs://``), and it is owned (:class:`CatalogStore`:
+foreign Parquet refused unless ``force``, stale outputs kept unless ``prune``, unique ids).
 
 From survey tiles, ``inputs`` is a :class:`pipeline.io.tiles.TilePlan` instead of a listing: its
 units (tiles) are the files, and its read tasks cut the cutouts (docs/architecture.md).
@@ -41,7 +45,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.io import schema
@@ -73,6 +76,9 @@ def run_cascade(
     precision: str = "fp32",
     band_aliases: dict[str, str] | None = None,
     attempts: int = 3,
+    force: bool = False,
+    prune: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """Run the cascade over ``inputs`` and write catalogue, errors, summary and gallery to ``out``.
 
@@ -80,7 +86,10 @@ def run_cascade(
         inputs: FITS files, directories, globs or URIs (see :func:`pipeline.io.read_cutouts`),
             or a :class:`pipeline.io.tiles.TilePlan` (tiles + a source catalogue, from
             :func:`pipeline.io.plan_tiles`), whose units (tiles) are then the files.
-        out: output directory (created; an existing one is resumed).
+        out: output directory, local or a URI (``s3://bucket/out``, ``gs://...``; filesystem
+            options in its query, ``?endpoint_override=host:port&scheme=http``); created, or
+            resumed when it exists. It is owned (:class:`pipeline.io.CatalogStore`): Parquet
+            in ``catalog/`` or ``errors/`` that it has no record of is refused (ValueError).
         bands, size: read only these bands / centre-crop native pixels to ``size`` (None:
             all bands, native shapes); each model stage then fits the rows to its checkpoint's
             bands, pixel scale and size (``pipeline.models.fit_rows``). A plan's own bands and
@@ -113,6 +122,11 @@ def run_cascade(
         attempts: tries of a file read that fails transiently (network, timeout, permission),
             with a growing wait between them; a file still failing gets error rows of kind
             "transient" and is left unfinished, for the next run to retry.
+        force: adopt Parquet files ``out`` has no record of into the catalogue instead.
+        prune: delete the outputs of input files no longer given (default: keep them, counted
+            in the summary's ``total`` and listed under ``inputs.stale``).
+        timings: seconds of earlier steps of the same job to report with this run's
+            (``run_demo``: the simulation); counted in ``total``.
 
     Returns:
         The summary (also written to ``out/summary.json``).
@@ -121,8 +135,8 @@ def run_cascade(
     from pipeline.compose import Pipeline
     from pipeline.io import CatalogStore, list_inputs
     from pipeline.io.catalog import CATALOG_DIR
+    from pipeline.io.outdir import OutDir
     from pipeline.io.tiles import TilePlan
-    from pipeline.io.writers import write_json
     from pipeline.stages import Stage, build_stages, check_bands
     from pipeline.surveys import get_survey
 
@@ -133,7 +147,7 @@ def run_cascade(
             "pixel_scale": pixel_scale,
             "band_names": list(band_names) if band_names is not None else None}
     _read_options({**read, "attempts": attempts})  # bad options fail before any work
-    out = Path(out)
+    out = OutDir(out)
     plan = inputs if isinstance(inputs, TilePlan) else None
     if plan is not None:  # the plan's units (tiles) are the files; its bands and size rule
         listed, files = None, list(plan.units)
@@ -156,7 +170,8 @@ def run_cascade(
                                   band_aliases=band_aliases)
     check_bands(stage_objs, read["bands"])  # --bands the models do not take: before any work
     pipeline = Pipeline(stage_objs, fuse=fuse, gpus=gpus)
-    store = CatalogStore(out, files, stamps=listed.stamps() if listed is not None else None)
+    store = CatalogStore(out, files, force=force, prune=prune,
+                         stamps=listed.stamps() if listed is not None else None)
     store.check_options({**_options_spec(stage_objs, read),
                          **(plan.spec if plan is not None else {})})
 
@@ -178,7 +193,10 @@ def run_cascade(
         "lensray_version": __version__,
         "inputs": {"files": len(files), "skipped_finished": len(files) - len(store.pending),
                    "processed": len(store.done), "empty": sorted(store.empty),
-                   "unfinished": unfinished},  # transient errors: the next run retries them
+                   "unfinished": unfinished,  # transient errors: the next run retries them
+                   # outputs on disk of inputs not given this time (counted in total)
+                   "stale": _file_sets(store.stale), "pruned": len(store.pruned),
+                   "adopted": sorted(f for m in store.adopted.values() for f in m["adopted"])},
         "this_run": this_run,
         "total": total,  # rows = cutouts: good + errors (= transient + permanent)
         "adds_up": total["rows"] == total["good"] + total["errors"]
@@ -189,23 +207,36 @@ def run_cascade(
         "stages": [{"stage": type(s).__name__, "options": s.options, "batch_size": s.batch_size}
                    for s in stage_objs],
         "models": store.models,
-        "timings_s": {"setup": round(t_cascade - t0, 3), "cascade": round(t_written - t_cascade, 3)},
+        "timings_s": {**(timings or {}), "setup": round(t_cascade - t0, 3),
+                      "cascade": round(t_written - t_cascade, 3)},
         "throughput_rows_per_s": round(this_run["rows"] / max(t_written - t_cascade, 1e-9), 1),
     }
     if not summary["adds_up"]:
-        raise RuntimeError(f"{out}: row counts do not add up: {summary['total']}")
+        raise RuntimeError(f"{out.show()}: row counts do not add up: {summary['total']}")
     if gallery:
         from pipeline.gallery import top_candidates, write_gallery
 
         t_g = time.perf_counter()
-        rows = top_candidates(out / CATALOG_DIR, gallery, keys=list(store.keys.values()))
+        rows = top_candidates(out.sub(CATALOG_DIR), gallery, keys=list(store.keys.values()))
         images = plan.cutouts([r[schema.INDEX] for r in rows]) if plan is not None else None
-        summary["gallery"] = str(write_gallery(rows, out / "gallery.png", read=read,
-                                               fit_to=summary["geometry"], images=images))
+        out.write(GALLERY, lambda f: write_gallery(rows, f, read=read, fit_to=summary["geometry"],
+                                                   images=images))
+        summary["gallery"] = out.show(GALLERY)
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
-    summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-    write_json(out / "summary.json", summary)
+    elif out.exists(GALLERY):  # not redrawn: say so rather than pass it off as this catalogue's
+        summary["gallery"] = f"{out.show(GALLERY)} (from an earlier run, not redrawn)"
+    summary["timings_s"]["total"] = round(time.perf_counter() - t0 + sum((timings or {}).values()), 3)
+    out.write_json("summary.json", summary)
     return summary
+
+
+GALLERY = "gallery.png"
+
+
+def _file_sets(markers: dict[str, dict]) -> dict:
+    """Count of the file sets ``markers`` (key -> marker) and their rows."""
+    return {"files": len(markers), "rows": sum(m.get("rows", 0) for m in markers.values()),
+            "sources": sorted(m.get("source") or k for k, m in markers.items())[:20]}
 
 
 def first_model(stages) -> dict | None:

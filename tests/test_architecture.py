@@ -19,6 +19,7 @@ LAYER_OF = {
     "pipeline.surveys": "base",
     "pipeline._ray": "base",
     "pipeline._malloc": "base",
+    "pipeline._reaper": "base",
     "pipeline.io": "io",
     "pipeline.models": "models",
     "pipeline.simulate": "simulate",

@@ -74,9 +74,11 @@ def test_run_writes_catalogue_errors_summary_and_gallery(first_run, field):
     # The counts add up, in the summary and on disk.
     assert summary["adds_up"]
     assert summary["this_run"] == {"rows": sum(COUNTS) + 1, "good": sum(COUNTS), "errors": 1,
-                                   "candidates": int(cand.sum())}
+                                   "candidates": int(cand.sum()), "ids_renamed": 0}
     assert summary["total"]["catalog_parquet_rows"] == sum(COUNTS)
-    assert summary["inputs"] == {"files": 4, "skipped_finished": 0, "processed": 4, "empty": []}
+    assert summary["inputs"] == {"files": 4, "skipped_finished": 0, "processed": 4, "empty": [],
+                                 "stale": {"files": 0, "rows": 0, "sources": []}, "pruned": 0,
+                                 "adopted": []}
     assert summary["throughput_rows_per_s"] > 0
     assert set(summary["models"]) == {"model_denoise", "model_lens_detect", "model_substructure"}
     assert json.loads((out / "summary.json").read_text())["this_run"] == summary["this_run"]

@@ -95,7 +95,7 @@ def test_ground_gri_files_choose_their_survey_and_run_its_stages(ray_local, tmp_
     assert [s["stage"] for s in summary["stages"]] == [
         {"denoise": "Denoise", "lens-detect": "LensDetect", "substructure": "Substructure"}[s]
         for s in expected]
-    assert err is None and len(cat) == 3 and set(cat[S.SURVEY]) == {"ground-gri"}
+    assert len(err) == 0 and len(cat) == 3 and set(cat[S.SURVEY]) == {"ground-gri"}
     assert sorted(cat[S.RESAMPLE]) == pytest.approx([0.84, 1.0, 1.31])
     assert set(cat[S.BAND_NAMES]) == {"HSC-G,HSC-R,HSC-I,HSC-Z,HSC-Y"}
 

@@ -5,18 +5,20 @@ A catalogue directory holds good rows in ``catalog/`` and error rows in ``errors
 columns, with the provenance columns ``source``, ``index`` and ``lensray_version``. A store adds,
 per input file ``F`` with key ``K`` (:func:`shard_key`)::
 
-    OUT/catalog/K.parquet    good rows
-    OUT/errors/K.parquet     rows that could not be read or computed, with the reason
-    OUT/_shards/K.json       written last: F's counts (errors by kind) and stamp (size, mtime)
+    OUT/catalog/K.parquet    good rows (written even when there are none)
+    OUT/errors/K.parquet     rows that could not be read or computed: id, source, index, error,
+                             kind (:data:`ERROR_COLUMNS`, written even when there are none)
+    OUT/_shards/K.json       written last: F's counts (errors by kind), stamp (size, mtime) and
+                             whether it is finished (not with transient errors); the record
     OUT/_shards/_options.json  what the catalogue is computed with, written with the first
                              finished file (a run resuming finished files must match)
 
-Every file is written whole under a temporary name and renamed into place
-(:func:`pipeline.io.writers.atomic_write`), so a killed run leaves no half file, and a reopened
-store skips the finished input files. A file is *finished* when its marker exists, says it had
-no transient error (those may go away: ``pipeline.io.schema.ERROR_KIND``) and holds the stamp the
-file has now (a file replaced since, e.g. a corrupt one by a good one, is read again and its
-old rows replaced).
+``OUT`` is a local directory or a URI (``s3://``, ``gs://``; :class:`pipeline.io.outdir.OutDir`).
+Every file appears whole (a local one is renamed into place, an object is put in one upload), so
+a killed run leaves no half file, and a reopened store skips the finished input files. A file
+is *finished* when its marker says it had no transient error (those may go away:
+``pipeline.io.schema.ERROR_KIND``) and holds the stamp the file has now (a file replaced since,
+e.g. a corrupt one by a good one, is read again and its old rows replaced).
 """
 
 from __future__ import annotations
@@ -26,20 +28,21 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.io import schema
-from pipeline.io.writers import _version, atomic_write, write_json
+from pipeline.io.outdir import OutDir
+from pipeline.io.writers import _version
 
 CATALOG_DIR = "catalog"
 ERRORS_DIR = "errors"
 SHARDS_DIR = "_shards"
 IMAGE_COLUMNS = (schema.IMAGE, schema.CLEAN, schema.DENOISED, schema.IMAGE_SCALE)  # pixels and what only they need
-COUNTS = ("rows", "good", "errors", *schema.ERROR_KINDS, "candidates")  # of a file's marker
-OPTIONS_FILE = Path(SHARDS_DIR) / "_options.json"
+COUNTS = ("rows", "good", "errors", *schema.ERROR_KINDS, "candidates", "ids_renamed")  # a marker's
+OPTIONS_FILE = f"{SHARDS_DIR}/_options.json"
+ERROR_COLUMNS = (schema.ID, schema.SOURCE, schema.INDEX, schema.ERROR, schema.KIND)  # errors/
 
 
 # ----------------------------------------------------------------------------- whole catalogues
@@ -55,6 +58,7 @@ def write_catalog(
     Image columns are dropped (``drop_columns`` plus any other tensor column of 2 or more
     dimensions); a ``lensray_version`` column is added next to the provenance columns ``source`` and
     ``index`` (added as nulls if the input lacks them). Rows without an ``error`` column are good.
+    Error rows keep the columns of :data:`ERROR_COLUMNS` only.
 
     Args:
         data: a ``ray.data.Dataset`` (executed once), a ``pyarrow.Table``, a pandas DataFrame or a
@@ -77,7 +81,7 @@ def write_catalog(
     import pyarrow.parquet as pq
 
     good, errors = catalog_parts(_as_arrow(data), drop_columns)
-    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
+    for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, error_table(errors))):
         target = f"{out}/{sub}"
         fs, path = pa.fs.FileSystem.from_uri(target if "://" in target else os.path.abspath(target))
         if mode == "overwrite":
@@ -86,7 +90,7 @@ def write_catalog(
             except OSError:
                 pass
         fs.create_dir(path, recursive=True)
-        if part.num_rows:
+        if part.num_rows or sub == ERRORS_DIR:  # errors/: the schema even without rows
             pq.write_table(part, f"{path}/{uuid.uuid4().hex}.parquet", filesystem=fs)
     return {"rows": good.num_rows + errors.num_rows, "good": good.num_rows,
             "errors": errors.num_rows}
@@ -172,7 +176,8 @@ def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
         ds = ds.drop_columns(drop)
     cat = ds.map_batches(_catalog_table, batch_format="pyarrow").materialize()
     good = cat.map_batches(lambda t: _split(t)[0], batch_format="pyarrow").materialize()
-    errors = cat.map_batches(lambda t: _split(t)[1], batch_format="pyarrow").materialize()
+    errors = cat.map_batches(lambda t: error_table(_split(t)[1]),
+                             batch_format="pyarrow").materialize()
     counts = {"rows": cat.count(), "good": good.count(), "errors": errors.count()}
     for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
         target = f"{out}/{sub}"
@@ -185,23 +190,25 @@ def _write_catalog_ray(ds, out: str, drop_columns, mode: str) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------- per-file store
 def shard_key(source: str) -> str:
-    """File name (without extension) for one input file's output: readable and unique."""
+    """File name (without extension) for one input file's output: readable and unique (never
+    hidden: readers of a Parquet directory skip names starting with '.' or '_')."""
     from pipeline.io.files import file_stem
 
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", file_stem(source))[:80] or "shard"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", file_stem(source))[:80].lstrip("._") or "shard"
     return f"{stem}-{hashlib.sha1(source.encode()).hexdigest()[:10]}"
 
 
-def check_options(out: str | os.PathLike, spec: dict) -> None:
+def check_options(out: str | os.PathLike | OutDir, spec: dict) -> None:
     """Record ``spec`` (what decides the values of a resumable output directory ``out``) in
     ``out/_shards/_options.json`` when it is new; when it is resumed, refuse another: one
     catalogue must not mix two thresholds, checkpoints or precisions without saying so."""
-    path = Path(out) / OPTIONS_FILE
+    out = out if isinstance(out, OutDir) else OutDir(out)
     spec = _as_saved(spec)
-    if not path.is_file():
-        write_json(path, spec)
+    old = out.read_text(OPTIONS_FILE)
+    if old is None:
+        out.write_json(OPTIONS_FILE, spec)
         return
-    _refuse_other(out, json.loads(path.read_text()), spec)
+    _refuse_other(out.show(), json.loads(old), spec)
 
 
 def _as_saved(spec: dict) -> dict:
@@ -218,26 +225,43 @@ def _refuse_other(out, old: dict, spec: dict) -> None:
 
 
 class CatalogStore:
-    """A catalogue in ``out`` written one input file at a time, in the order the rows arrive.
+    """A catalogue in ``out`` (a local directory or a URI, :class:`OutDir`) written one input
+    file at a time, in the order the rows arrive.
 
-    Opening it creates the directories and notes which of ``sources`` are finished already
-    (``pending`` lists the others). :meth:`add` takes ordered pyarrow tables of output rows (all
-    rows of a file together, in ``sources`` order; any split across tables); a file is committed
-    (catalogue, errors, then its marker) as soon as the next one begins, the last by
-    :meth:`close`. ``stamps`` (source -> (size, mtime), ``Inputs.stamps()``) tell a file
-    replaced since its marker was written; a file with transient errors is written with its
-    rows but not finished, so the next run reads it again.
+    The directory is owned: its record (``_shards/``) lists every file set it wrote. Opening it
+    creates the directories, refuses Parquet in ``catalog/`` or ``errors/`` that is not on
+    record (``force``: adopt it, recorded as a finished file set of no input) and notes which
+    of ``sources`` are finished already (``pending`` lists the others). Outputs of inputs no
+    longer given are ``stale``: kept and counted, or deleted with ``prune``.
+
+    :meth:`add` takes ordered pyarrow tables of output rows (all rows of a file together, in
+    ``sources`` order; any split across tables); a file is committed (catalogue, errors, then
+    its marker) as soon as the next one begins, the last by :meth:`close`. Ids stay unique in
+    the whole directory: an id already written (or earlier in this run) gets the suffix
+    ``~2``, ``~3``, ... (the first that is free; counted as ``ids_renamed``).
     """
 
-    def __init__(self, out: str | os.PathLike, sources: Sequence[str],
+    def __init__(self, out: str | os.PathLike | OutDir, sources: Sequence[str], *,
+                 force: bool = False, prune: bool = False,
                  stamps: Mapping[str, Sequence] | None = None):
-        self.out = Path(out)
+        self.out = out if isinstance(out, OutDir) else OutDir(out)
         self.keys = {s: shard_key(s) for s in sources}
         self.stamps = {s: list(v) for s, v in (stamps or {}).items()}  # source -> [size, mtime]
-        for sub in (CATALOG_DIR, ERRORS_DIR, SHARDS_DIR):
-            (self.out / sub).mkdir(parents=True, exist_ok=True)
+        self.out.makedirs(CATALOG_DIR, ERRORS_DIR, SHARDS_DIR)
+        records = self._records()
+        self.adopted = self._foreign(records, force)
+        records.update(self.adopted)
+        mine = set(self.keys.values())
+        stale = {k: m for k, m in records.items() if k not in mine}
+        self.pruned = sorted(stale) if prune else []
+        for key in self.pruned:
+            self._delete(key)
+        self.stale = {} if prune else stale  # key -> marker of outputs kept for no input
+        self.records = {k: m for k, m in records.items() if k not in self.pruned}  # key -> marker
         self.pending = [s for s in sources if not self.finished(s)]
         self._expected = set(self.pending)
+        again = {self.keys[s] for s in self.pending}  # their old rows are replaced
+        self.ids = self._ids_on_disk([k for k in self.records if k not in again])
         self.current: str | None = None
         self.parts: list = []
         self.done: dict[str, dict] = {}  # finished by this run: source -> marker
@@ -246,17 +270,97 @@ class CatalogStore:
         self.rows_seen = self.candidates_seen = 0
         self._options: dict | None = None  # to record with the first finished file
 
+    # ------------------------------------------------------------------ ownership
+    def _records(self) -> dict[str, dict]:
+        """key -> marker of every file set on record."""
+        names = [n for n in self.out.list(SHARDS_DIR) if n.endswith(".json")]
+        return {n[: -len(".json")]: json.loads(self.out.read_text(f"{SHARDS_DIR}/{n}"))
+                for n in names}
+
+    def _foreign(self, records: dict, force: bool) -> dict[str, dict]:
+        """Refuse Parquet in catalog/ or errors/ that is not on record, or with ``force`` adopt
+        it: key -> the marker written for it. A pending input's own key is not foreign (its
+        files are from an interrupted run, rewritten whole)."""
+        known = set(records) | set(self.keys.values())
+        found: dict[str, list[str]] = {}
+        for sub in (CATALOG_DIR, ERRORS_DIR):
+            for name in self.out.list(sub):
+                key = name[: -len(".parquet")] if name.endswith(".parquet") else None
+                if key is not None and key not in known:
+                    found.setdefault(key, []).append(f"{sub}/{name}")
+        if not found:
+            return {}
+        if not force:
+            files = sorted(f for fs in found.values() for f in fs)
+            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            raise ValueError(f"{self.out.show()}: {len(files)} Parquet file(s) this output "
+                             f"directory has no record of ({shown}); move them away, write to a "
+                             "new --out, or pass --force to adopt them into the catalogue")
+        adopted = {}
+        for key, files in found.items():
+            parts = {sub: self.out.read_parquet(f"{sub}/{key}.parquet")
+                     if f"{sub}/{key}.parquet" in files else None for sub in (CATALOG_DIR, ERRORS_DIR)}
+            good, bad = (t.num_rows if t is not None else 0 for t in parts.values())
+            marker = {"source": None, "adopted": sorted(files), "rows": good + bad, "good": good,
+                      "errors": bad, "candidates": _candidates(parts[CATALOG_DIR])
+                      if parts[CATALOG_DIR] is not None else 0}
+            self.out.write_json(f"{SHARDS_DIR}/{key}.json", marker)
+            adopted[key] = marker
+        return adopted
+
+    def _delete(self, key: str) -> None:
+        """Remove a file set: its data first, its marker last (a kill in between leaves a
+        record that the next prune finishes)."""
+        for sub in (CATALOG_DIR, ERRORS_DIR):
+            self.out.delete(f"{sub}/{key}.parquet")
+        self.out.delete(f"{SHARDS_DIR}/{key}.json")
+
+    def _ids_on_disk(self, keys: Sequence[str]) -> set[str]:
+        """The ids of the finished file sets ``keys`` (one column, read in parallel)."""
+        import pyarrow.dataset as pads
+
+        paths = [self.out.path(f"{sub}/{k}.parquet") for sub in (CATALOG_DIR, ERRORS_DIR)
+                 for k in sorted(set(keys) & {n[: -len(".parquet")] for n in self.out.list(sub)})]
+        if not paths:
+            return set()
+        fs = self.out.fs
+        if fs is None:
+            from pyarrow.fs import LocalFileSystem
+
+            fs = LocalFileSystem()
+        ds = pads.dataset(paths, format="parquet", filesystem=fs)
+        return set(ds.to_table(columns=[schema.ID]).column(schema.ID).to_pylist())
+
+    def _unique_ids(self, table):
+        """``table`` with ids already taken renamed by the stated rule (``~2``, ``~3``...), and
+        how many were renamed."""
+        import pyarrow as pa
+
+        ids = table.column(schema.ID).to_pylist()
+        renamed = 0
+        for i, given in enumerate(ids):
+            new, n = given, 1
+            while new in self.ids:
+                n += 1
+                new = f"{given}~{n}"
+            renamed += new != given
+            ids[i] = new
+            self.ids.add(new)
+        if renamed:
+            col = table.schema.get_field_index(schema.ID)
+            table = table.set_column(col, schema.ID, pa.array(ids, pa.string()))
+        return table, renamed
+
     # ------------------------------------------------------------------ options
     def check_options(self, spec: dict) -> None:
         """Take ``spec`` (what decides the catalogue's values), recorded with the first file
         this store finishes; in a store with finished files, refuse another (as
         :func:`check_options`). A run that failed or was stopped before finishing a file binds
         nothing."""
-        path = self.out / OPTIONS_FILE
         self._options = _as_saved(spec)
-        finished = any(p.name != OPTIONS_FILE.name for p in (self.out / SHARDS_DIR).glob("*.json"))
-        if finished and path.is_file():
-            _refuse_other(self.out, json.loads(path.read_text()), self._options)
+        old = self.out.read_text(OPTIONS_FILE)
+        if old is not None and self.records:
+            _refuse_other(self.out.show(), json.loads(old), self._options)
 
     # ------------------------------------------------------------------ writing
     def add(self, table) -> None:
@@ -286,45 +390,42 @@ class CatalogStore:
         (every row was delivered), so they are finished too (rows of an earlier read gone)."""
         self._commit()
         for source in self.missing():
-            for sub in (CATALOG_DIR, ERRORS_DIR):
-                (self.out / sub / f"{self.keys[source]}.parquet").unlink(missing_ok=True)
+            if self.keys[source] in self.records:
+                self._delete(self.keys[source])
             self._finish(source, dict.fromkeys(COUNTS, 0))
             self.empty.append(source)
 
     def _commit(self) -> None:
-        """Write the current file's catalogue and error rows, then its marker."""
+        """Write the current file's catalogue and error rows (both files always, so readers
+        find the schema), then its marker."""
         if self.current is None:
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.concat_tables(self.parts, promote_options="permissive")
+        table, renamed = self._unique_ids(pa.concat_tables(self.parts, promote_options="permissive"))
         good, errors = catalog_parts(table)
         key = self.keys[self.current]
-        for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, errors)):
-            target = self.out / sub / f"{key}.parquet"
-            if part.num_rows:
-                atomic_write(target, lambda f, part=part: pq.write_table(part, f), sync=False)
-            else:
-                target.unlink(missing_ok=True)  # a stale file from an interrupted run
+        for sub, part in ((CATALOG_DIR, good), (ERRORS_DIR, error_table(errors))):
+            self.out.write(f"{sub}/{key}.parquet", lambda f, part=part: pq.write_table(part, f))
         for name in table.column_names:
             if name.startswith(schema.PROVENANCE_PREFIX) and name not in self.models:
                 tags = [t for t in table.column(name).to_pylist() if t]
                 if tags:
                     self.models[name] = tags[0]
-        self._finish(self.current, _file_counts(table, good, errors))
+        self._finish(self.current, {**_file_counts(table, good, errors), "ids_renamed": renamed})
         self.current, self.parts = None, []
 
     def _finish(self, source: str, counts: dict) -> None:
         """Write ``source``'s marker: its counts and stamp, ``finished`` unless it had a
         transient error (the next run reads it again)."""
         if self._options is not None:  # before the first marker: what the markers mean
-            write_json(self.out / OPTIONS_FILE, self._options)
+            self.out.write_json(OPTIONS_FILE, self._options)
             self._options = None
         marker = {"source": source, **counts, "finished": not counts.get(schema.TRANSIENT),
                   "stamp": self.stamps.get(source)}
-        write_json(self.out / SHARDS_DIR / f"{self.keys[source]}.json", marker)
-        self.done[source] = marker
+        self.out.write_json(f"{SHARDS_DIR}/{self.keys[source]}.json", marker)
+        self.done[source] = self.records[self.keys[source]] = marker
 
     # ------------------------------------------------------------------ reading back
     def missing(self) -> list[str]:
@@ -332,9 +433,9 @@ class CatalogStore:
         return [s for s in self.pending if s not in self.done]
 
     def finished(self, source: str) -> bool:
-        """Whether ``source`` needs no reading: a marker without transient errors, for the
-        file as it is now (same stamp, when both the marker and this run know it)."""
-        marker = self._marker(source)
+        """Whether ``source`` needs no reading: a marker on record without transient errors,
+        for the file as it is now (same stamp, when both the marker and this run know it)."""
+        marker = self.records.get(self.keys[source])
         if marker is None or not marker.get("finished", True):
             return False
         now, then = self.stamps.get(source) or (), marker.get("stamp") or ()
@@ -342,27 +443,38 @@ class CatalogStore:
 
     def unfinished(self) -> list[str]:
         """Files written by this run that the next run reads again (transient errors)."""
-        return sorted(s for s, m in self.done.items() if not m["finished"])
+        return sorted(s for s, m in self.done.items() if not m.get("finished", True))
 
     def counts(self) -> dict[str, int]:
-        """Counts of the files written by this run."""
+        """Counts of the files finished by this run."""
         return {k: sum(m.get(k, 0) for m in self.done.values()) for k in COUNTS}
 
     def totals(self) -> dict[str, int]:
-        """Counts of every source's marker, and the rows actually on disk (an independent check)."""
-        import pyarrow.parquet as pq
-
-        markers = [self._marker(s) for s in self.keys]
-        out = {k: sum(m.get(k, 0) for m in markers if m) for k in COUNTS}
+        """Counts of every file set on record (this run's inputs, stale and adopted ones: the
+        whole catalogue on disk), and the rows actually on disk (an independent check)."""
+        records = self.records
+        out = {k: sum(m.get(k, 0) for m in records.values()) for k in COUNTS}
+        names = {sub: set(self.out.list(sub)) for sub in (CATALOG_DIR, ERRORS_DIR)}
         for sub in (CATALOG_DIR, ERRORS_DIR):
-            files = [self.out / sub / f"{k}.parquet" for k in self.keys.values()]
-            out[f"{sub}_parquet_rows"] = sum(pq.ParquetFile(f).metadata.num_rows
-                                             for f in files if f.is_file())
+            out[f"{sub}_parquet_rows"] = sum(self.out.parquet_rows(f"{sub}/{k}.parquet")
+                                             for k in records if f"{k}.parquet" in names[sub])
         return out
 
     def _marker(self, source: str) -> dict | None:
-        path = self.out / SHARDS_DIR / f"{self.keys[source]}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        text = self.out.read_text(f"{SHARDS_DIR}/{self.keys[source]}.json")
+        return json.loads(text) if text is not None else None
+
+
+def error_table(errors):
+    """Error rows in the fixed schema of ``errors/`` (:data:`ERROR_COLUMNS`; a column the rows
+    lack is null), so every errors file reads the same, with or without rows."""
+    import pyarrow as pa
+
+    types = {schema.ID: pa.string(), schema.SOURCE: pa.string(), schema.INDEX: pa.int64(),
+             schema.ERROR: pa.string(), schema.KIND: pa.string()}
+    cols = [errors.column(c).cast(types[c]) if c in errors.column_names
+            else pa.nulls(errors.num_rows, types[c]) for c in ERROR_COLUMNS]
+    return pa.table(cols, names=list(ERROR_COLUMNS))
 
 
 def _file_counts(table, good, errors) -> dict[str, int]:

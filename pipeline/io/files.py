@@ -89,6 +89,18 @@ def filesystem_from_uri(uri: str) -> tuple[Any, str]:
     return fs, path
 
 
+def uri_filesystem(uri: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) of a URI whose query holds the filesystem's options,
+    ``s3://bucket/key?endpoint_override=host:port&scheme=http`` (any that
+    :func:`filesystem_from_uri` reads, timeouts included); the path may hold glob characters."""
+    base, _, query = uri.partition("?")
+    scheme, rest = base.split("://", 1)
+    if scheme not in ("s3", "gs", "gcs"):  # no buckets: pyarrow parses the whole URI
+        return filesystem_from_uri(uri)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"  # (glob characters are no URI syntax)
+    return filesystem_from_uri(f"{bucket}?{query}" if query else bucket)[0], rest
+
+
 def locate(source: str, filesystem: Any = None) -> tuple[Any, str]:
     """(pyarrow filesystem, or None for a plain local open; the path on it) for a path or URI,
     opened through ``filesystem`` when one is given."""
@@ -231,9 +243,9 @@ def list_inputs(paths, filesystem: Any = None) -> Inputs:
     found: list[tuple[str, int, int | None]] = []
     for given in paths:
         if "://" in given:
-            fs, path = filesystem_from_uri(given) if filesystem is None else (
-                filesystem, strip_scheme(given))
-            scheme = given.split("://", 1)[0] + "://"
+            fs, path = uri_filesystem(given)
+            fs = filesystem or fs
+            scheme = given.split("://", 1)[0] + "://"  # the files' names carry no query
         else:
             fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""
         filesystem = filesystem or fs

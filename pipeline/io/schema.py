@@ -17,6 +17,7 @@ IMAGE = "image"  # float32 tensor, bands x H x W
 SOURCE = "source"  # str, the file the row came from (path or URI as given)
 INDEX = "index"  # int64, HDU number or cube slice within SOURCE
 ERROR = "error"  # str or None
+KIND = "kind"  # str: of an error row, what kind of failure (the errors/ table's last column)
 
 BASE_COLUMNS = (ID, RA, DEC, IMAGE, SOURCE, INDEX, ERROR)
 
