@@ -85,6 +85,10 @@ def test_bad_configs_fail_before_any_work(tiny_lens_data, tmp_path):
         make_config("lens-detect", tiny_lens_data, precision="fp16")
     with pytest.raises(ValueError, match="train_classes \\['vortex'\\]: stage 'lens-detect'"):
         make_config("lens-detect", tiny_lens_data, train_classes=["vortex"])
+    with pytest.raises(ValueError, match="adapts classifiers; stage 'denoise'"):
+        make_config("denoise", tiny_lens_data, adapt=["survey/*.fits"])
+    with pytest.raises(ValueError, match="adapt_weight must be > 0"):
+        make_config("lens-detect", tiny_lens_data, adapt=["survey/*.fits"], adapt_weight=0)
 
 
 @pytest.mark.timeout(400)
