@@ -264,3 +264,20 @@ def test_domain_adversarial_training_on_unlabeled_survey_cutouts(tiny_lens_data,
     with pytest.raises(ValueError, match="none of the target cutouts fits"):
         train("lens-detect", tiny_lens_data, tmp_path / "bad", "d4_resnet", epochs=1,
               model_overrides=TINY_D4, adapt=[str(target / "survey-gri.fits")])
+
+
+def test_portable_config_names_no_machine_paths():
+    from pipeline.models import pretrained_dir
+    from pipeline.train.card import portable
+
+    shipped = pretrained_dir("lens-detect")
+    cfg = {"init": str(shipped), "adapt": {"files": ["a.fits"]},
+           "trained": {"data": "/big/disk/data/vis-sub",
+                       "recipe": f"lensray train --data /big/disk/data/vis-sub --init {shipped} "
+                                 "--out /scratch/runs/ft --adapt /survey/x.fits '/survey/y*.fits'"}}
+    p = portable(cfg)
+    assert p["init"] == "pipeline/weights/lens-detect" and p["trained"]["data"] == "data/vis-sub"
+    assert p["trained"]["recipe"] == ("lensray train --data data/vis-sub --init "
+                                      "pipeline/weights/lens-detect --out runs/ft --adapt x.fits "
+                                      "'y*.fits'")
+    assert portable({**cfg, "init": "/scratch/runs/base"})["init"] == "runs/base"

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.io.files import sha256_file
-from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, pretrained_dir
+from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_DIR, WEIGHTS_FILE, pretrained_dir
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -81,9 +81,9 @@ def _adaptation(a: dict | None) -> list[str]:
 
 
 def portable(config: dict) -> dict:
-    """``config`` with the machine's absolute paths of its training data, run directory and
-    adaptation targets written as ``data/NAME``, ``runs/NAME`` and ``NAME`` (shipped files
-    name no machine paths)."""
+    """``config`` with the machine's absolute paths of its training data, run directory,
+    starting checkpoint and adaptation targets written as ``data/NAME``, ``runs/NAME`` (shipped
+    weights: ``pipeline/weights/...``) and ``NAME`` (shipped files name no machine paths)."""
     text = json.dumps(config)
     tr = config.get("trained", {})
     recipe = tr.get("recipe", "").split()
@@ -94,7 +94,12 @@ def portable(config: dict) -> dict:
             if arg.startswith("--"):
                 break
             targets.append(arg.strip("'\""))
-    for path, home in ((tr.get("data"), "data"), (out, "runs"),
+    init = config.get("init")
+    if init and Path(init).is_relative_to(WEIGHTS_DIR.parent.parent):  # fine-tuned from shipped
+        text = text.replace(json.dumps(init)[1:-1],
+                            str(Path(init).relative_to(WEIGHTS_DIR.parent.parent)))
+        init = None
+    for path, home in ((tr.get("data"), "data"), (out, "runs"), (init, "runs"),
                        *((t, None) for t in targets)):
         if path and Path(path).is_absolute():
             name = Path(path).name
