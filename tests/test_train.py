@@ -225,7 +225,7 @@ def _target_files(directory):
     return directory
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_domain_adversarial_training_on_unlabeled_survey_cutouts(tiny_lens_data, tmp_path):
     from pipeline.train.card import model_card, portable
     from pipeline.train.loop import train
