@@ -223,6 +223,14 @@ def _recipe(args: argparse.Namespace) -> dict:
 def _add_train(p: argparse.ArgumentParser) -> None:
     _add_recipe(p)
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--adapt", nargs="+", default=None, metavar="INPUT",
+                   help="unlabeled cutouts of the survey the model will run on (files, globs, "
+                        "dirs, URIs; fitted to the model like `lensray run`'s): domain-"
+                        "adversarial training (DANN) makes its features not tell them from "
+                        "the training set's (docs/models.md)")
+    p.add_argument("--adapt-weight", type=float, default=None, metavar="W",
+                   help="with --adapt: final strength of the reversed domain gradient "
+                        "(default 1; ramped from 0 as Ganin et al.)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -230,9 +238,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from pipeline.train.loop import train
 
+    adapt = {k: v for k in ("adapt", "adapt_weight") if (v := getattr(args, k)) is not None}
     out = train(args.stage, args.data, args.out, args.model, num_workers=args.num_workers,
                 use_gpu=args.use_gpu, recipe_command="lensray " + shlex.join(sys.argv[1:]),
-                **_recipe(args))
+                **_recipe(args), **adapt)
     cfg = json.loads((out / "config.json").read_text())
     _print_json({"checkpoint": str(out), "metrics": cfg.get("metrics")})
     return 0

@@ -74,6 +74,7 @@ def test_run_writes_catalogue_errors_summary_and_gallery(first_run, field):
     # The counts add up, in the summary and on disk.
     assert summary["adds_up"]
     assert summary["this_run"] == {"rows": sum(COUNTS) + 1, "good": sum(COUNTS), "errors": 1,
+                                   "transient": 0, "permanent": 1,
                                    "candidates": int(cand.sum()), "ids_renamed": 0}
     assert summary["total"]["catalog_parquet_rows"] == sum(COUNTS)
     assert summary["inputs"] == {"files": 4, "skipped_finished": 0, "processed": 4, "empty": [],

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.io.files import sha256_file
-from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, pretrained_dir
+from pipeline.models.checkpoint import CONFIG_FILE, WEIGHTS_DIR, WEIGHTS_FILE, pretrained_dir
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -47,6 +47,7 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
         f"{config.get('epoch', 0) + 1} of up to {config.get('epochs')}, batch {config.get('batch_size')}, "
         f"lr {config.get('lr')}, AdamW wd {config.get('weight_decay')}, augmentation "
         f"{json.dumps(config.get('augment'))} |",
+        *_adaptation(config.get("adapt")),
         f"| recipe | `{tr.get('recipe', 'lensray train ...')}` |",
         f"| date | {tr.get('date')} |",
         f"| lensray | {config.get('lensray_version')} |", "",
@@ -57,25 +58,52 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
     m.pop("plots", None)
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(m.items())]
     if tr.get("history"):
-        lines += ["", "## Training history", "", "| epoch | train loss | val loss |",
-                  "|---|---|---|"]
+        dom = "domain_loss" in tr["history"][0]  # adapted (pipeline.train.adapt)
+        lines += ["", "## Training history", "",
+                  "| epoch | train loss | val loss |" + " domain loss | domain acc |" * dom,
+                  "|---|---|---|" + "---|---|" * dom]
         lines += [f"| {int(h['epoch'])} | {h['train_loss']:.4f} | {h['val_loss']:.4f} |"
+                  + f" {h['domain_loss']:.4f} | {h['domain_acc']:.3f} |" * dom
                   for h in tr["history"]]
     lines += _real_sky(config.get("real_sky"))
     lines += ["", *sections]
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _adaptation(a: dict | None) -> list[str]:
+    """The card's row on adaptation to a survey's unlabeled cutouts (``pipeline.train.adapt``)."""
+    if not a:
+        return []
+    more = f" and {a['n_files'] - len(a['files'])} more" if a["n_files"] > len(a["files"]) else ""
+    return [f"| adaptation | {a['method']} (domain-adversarial, weight {a.get('weight')}) on "
+            f"{a['n']} unlabeled cutouts ({a['n_refused']} refused) of "
+            f"{', '.join(f'`{f}`' for f in a['files'])}{more} |"]
+
+
 def portable(config: dict) -> dict:
-    """``config`` with the machine's absolute paths of its training data and run directory
-    written as ``data/NAME`` and ``runs/NAME`` (shipped files name no machine paths)."""
+    """``config`` with the machine's absolute paths of its training data, run directory,
+    starting checkpoint and adaptation targets written as ``data/NAME``, ``runs/NAME`` (shipped
+    weights: ``pipeline/weights/...``) and ``NAME`` (shipped files name no machine paths)."""
     text = json.dumps(config)
     tr = config.get("trained", {})
     recipe = tr.get("recipe", "").split()
     out = recipe[recipe.index("--out") + 1] if "--out" in recipe[:-1] else None
-    for path, home in ((tr.get("data"), "data"), (out, "runs")):
+    targets = []
+    if "--adapt" in recipe:
+        for arg in recipe[recipe.index("--adapt") + 1:]:
+            if arg.startswith("--"):
+                break
+            targets.append(arg.strip("'\""))
+    init = config.get("init")
+    if init and Path(init).is_relative_to(WEIGHTS_DIR.parent.parent):  # fine-tuned from shipped
+        text = text.replace(json.dumps(init)[1:-1],
+                            str(Path(init).relative_to(WEIGHTS_DIR.parent.parent)))
+        init = None
+    for path, home in ((tr.get("data"), "data"), (out, "runs"), (init, "runs"),
+                       *((t, None) for t in targets)):
         if path and Path(path).is_absolute():
-            text = text.replace(json.dumps(path)[1:-1], f"{home}/{Path(path).name}")
+            name = Path(path).name
+            text = text.replace(json.dumps(path)[1:-1], f"{home}/{name}" if home else name)
     return json.loads(text)
 
 

@@ -37,6 +37,9 @@ DEFAULTS = {
     "train_classes": None,  # train/validate only on rows of these classes (None: all rows)
     "precision": "fp32",  # or "bf16": autocast (faster on CPUs with bf16 units; docs/models.md)
     "denoiser": None,  # train on this denoiser's output (a dir or survey:NAME), the cascade's input
+    "adapt": None,  # unlabeled cutouts of the target survey: domain-adversarial training
+    #                 (pipeline.train.adapt); after ``prepare`` the record of what was used
+    "adapt_weight": 1.0,  # final strength of the adversarial gradient (Ganin et al.'s lambda)
 }
 
 
@@ -61,6 +64,14 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     model = create_model(cfg["model"], **cfg["model_kwargs"])
     start_epoch, best, since_best = 0, None, 0
+    adversary = None
+    if cfg.get("adapt"):  # its hook sits on the bare network, before any DDP wrapping
+        from pipeline.train.adapt import Adversary, target_batches
+
+        steps = cfg["trained"]["n_train"] // (cfg["batch_size"] * world)
+        adversary = Adversary(model, cfg["adapt_weight"], steps, cfg["epochs"])
+        targets = target_batches(ray.train.get_dataset_shard("target"), cfg["batch_size"],
+                                 cfg["seed"] + 2000 + rank)
     ckpt = ray.train.get_checkpoint()
     from safetensors.torch import load_file
 
@@ -82,8 +93,11 @@ def train_loop_per_worker(cfg: dict) -> None:
     device = ray.train.torch.get_device()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=cfg["precision"] == "bf16")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"],
-                            weight_decay=cfg["weight_decay"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if adversary is not None:  # the domain head is training-only: never in a checkpoint
+        adversary.head = ray.train.torch.prepare_model(adversary.head)
+        params += list(adversary.head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     # cosine decay per epoch with a one-epoch linear warm-up
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1.0, (e + 1) / 2) * 0.5 * (
         1 + math.cos(math.pi * min(e, cfg["epochs"]) / max(cfg["epochs"], 1))))
@@ -93,6 +107,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     t0 = time.time()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    step = start_epoch * (adversary.steps_per_epoch if adversary else 0)
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
         tot, n = 0.0, 0
@@ -103,21 +118,28 @@ def train_loop_per_worker(cfg: dict) -> None:
             # image labels (the denoiser's clean target) move with their input
             images = augment([batch["x"], *(batch[c] for c in task.image_labels)], gen,
                              **cfg["augment"])
-            batch["x"] = images[0].contiguous(memory_format=layout)
             batch.update(zip(task.image_labels, images[1:], strict=True))
+            ns = len(images[0])
+            x = images[0]
+            if adversary is not None:  # one pass over source + target rows: one batch norm
+                x = torch.cat([x, augment([next(targets).to(device)], gen, **cfg["augment"])[0]])
             with autocast:
-                out = model(batch["x"])
-            loss = task.loss(out.float(), batch, cfg)
+                out = model(x.contiguous(memory_format=layout))
+            loss = task.loss(out[:ns].float(), batch, cfg)
+            total = loss if adversary is None else loss + adversary.loss(ns, step)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             opt.step()
-            tot, n = tot + loss.item() * len(batch["x"]), n + len(batch["x"])
+            tot, n, step = tot + loss.item() * ns, n + ns, step + 1
         sched.step()
         metrics = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
+                   **(adversary.epoch_metrics() if adversary is not None else {}),
                    **_validate(model, task, val_shard, cfg, device)}
         if rank == 0:
+            domain = (f" domain_loss {metrics['domain_loss']:.4f} domain_acc "
+                      f"{metrics['domain_acc']:.3f}" if adversary is not None else "")
             print(f"[lensray] epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
-                  f"{metrics['val_loss']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+                  f"{metrics['val_loss']:.4f}{domain} ({time.time() - t0:.0f} s)", flush=True)
         score = metrics.get(task.monitor, float("nan"))
         improved = best is None or (np.isfinite(score) and sign * (score - best) > 0)
         best, since_best = (score, 0) if improved else (best, since_best + 1)
@@ -200,6 +222,11 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
     if model_info(model).init_from and not recipe.get("init"):
         raise ValueError(f"model {model!r} starts from a trained checkpoint of another network: "
                          f"pass init=<a {stage} checkpoint of that network> (--init)")
+    if recipe.get("adapt") and not task.classes:
+        raise ValueError(f"adapt: domain-adversarial training adapts classifiers; stage "
+                         f"{stage!r} has no classes")
+    if recipe.get("adapt_weight") is not None and not recipe["adapt_weight"] > 0:
+        raise ValueError(f"adapt_weight must be > 0, got {recipe['adapt_weight']}")
     bad = set(recipe.get("train_classes") or ()) - set(task.classes or ())
     if bad:
         raise ValueError(f"train_classes {sorted(bad)}: stage {stage!r} has classes "
@@ -273,8 +300,9 @@ def _geometry(data_dir, manifest: dict) -> dict:
 
 def prepare(stage: str, data_dir, model: str | None = None, *,
             model_overrides: dict | None = None, recipe_command: str | None = None, **recipe):
-    """Validate the config, read train/val with Ray Data (materialised once, reused every
-    epoch) and fill in data-derived settings. Returns ``(cfg, train_ds, val_ds)``."""
+    """Validate the config, read train/val (and the ``adapt`` target cutouts) with Ray Data
+    (materialised once, reused every epoch) and fill in data-derived settings. Returns
+    ``(cfg, datasets)``: ``datasets`` has "train", "val" and, when adapting, "target"."""
     from pipeline._ray import ensure_ray
     from pipeline.train.data import load_split, target_stats
 
@@ -293,7 +321,13 @@ def prepare(stage: str, data_dir, model: str | None = None, *,
     cfg["model_kwargs"] = model_kwargs(cfg["model"], cfg, **cfg.pop("_model_overrides"))
     if init is not None:
         _check_init(cfg, init)
-    return cfg, train_ds, val_ds
+    datasets = {"train": train_ds, "val": val_ds}
+    if cfg["adapt"]:
+        from pipeline.train.adapt import load_target
+
+        datasets["target"], cfg["adapt"] = load_target(cfg["adapt"], cfg)
+        cfg["adapt"]["weight"] = cfg["adapt_weight"]
+    return cfg, datasets
 
 
 def _init_dir(init) -> Path:
@@ -323,7 +357,7 @@ def _check_init(cfg: dict, ref: dict) -> None:
     cfg["init"] = str(init)
 
 
-def make_trainer(cfg: dict, train_ds, val_ds, name: str, storage_path, *, num_workers: int = 1,
+def make_trainer(cfg: dict, datasets: dict, name: str, storage_path, *, num_workers: int = 1,
                  use_gpu: bool | None = None, cpus_per_worker: float = 0.5, callbacks=None):
     """The ``TorchTrainer`` running :func:`train_loop_per_worker` (CPU workers take a
     fractional CPU by default: whole CPUs on a 2-core machine starve Ray Data and hang)."""
@@ -338,7 +372,7 @@ def make_trainer(cfg: dict, train_ds, val_ds, name: str, storage_path, *, num_wo
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        datasets={"train": train_ds, "val": val_ds},
+        datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()), callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
@@ -360,11 +394,11 @@ def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_worker
     ``metrics``; every epoch's checkpoint stays under ``storage_path`` (default
     ``out_dir/ray_runs``).
     """
-    cfg, train_ds, val_ds = prepare(stage, data_dir, model, model_overrides=model_overrides,
-                                    recipe_command=recipe_command, **recipe)
+    cfg, datasets = prepare(stage, data_dir, model, model_overrides=model_overrides,
+                            recipe_command=recipe_command, **recipe)
     out_dir = Path(out_dir)
     name = name or f"{stage}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainer = make_trainer(cfg, train_ds, val_ds, name, storage_path or out_dir / "ray_runs",
+    trainer = make_trainer(cfg, datasets, name, storage_path or out_dir / "ray_runs",
                            num_workers=num_workers, use_gpu=use_gpu,
                            cpus_per_worker=cpus_per_worker)
     result = trainer.fit()
@@ -397,7 +431,7 @@ def _history(result) -> list[dict]:
     df = result.metrics_dataframe
     if df is None or df.empty:
         return []
-    cols = [c for c in ("epoch", "train_loss", "val_loss") if c in df]
+    cols = [c for c in ("epoch", "train_loss", "val_loss", "domain_loss", "domain_acc") if c in df]
     df = df[cols].sort_values("epoch")
     return [{k: float(v) for k, v in row.items()} for row in df.to_dict("records")]
 

@@ -41,13 +41,13 @@ def _apply(base: dict, sample: dict) -> dict:
     return cfg
 
 
-def _trial(sample: dict, base: dict, train_ds, val_ds, storage: str, cpus_per_worker: float):
+def _trial(sample: dict, base: dict, datasets: dict, storage: str, cpus_per_worker: float):
     """One Tune trial = one Ray Train run of the shared loop."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = _apply(base, sample)
-    trainer = make_trainer(cfg, train_ds, val_ds, name=tune.get_context().get_trial_id(),
+    trainer = make_trainer(cfg, datasets, name=tune.get_context().get_trial_id(),
                            storage_path=storage, cpus_per_worker=cpus_per_worker,
                            callbacks=[TuneReportCallback()])
     trainer.fit()
@@ -63,13 +63,13 @@ def tune_stage(stage: str, data_dir, out_dir, model: str | None = None, *, num_s
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    base, train_ds, val_ds = prepare(stage, data_dir, model, **recipe)
+    base, datasets = prepare(stage, data_dir, model, **recipe)
     task = get_task(stage)
     out_dir = Path(out_dir)
     storage = Path(storage_path or out_dir / "ray_runs").resolve()
     name = name or f"tune-{stage}-{base['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, train_ds=train_ds, val_ds=val_ds,
+        tune.with_parameters(_trial, base=base, datasets=datasets,
                              storage=str(storage / name / "train"),
                              cpus_per_worker=cpus_per_worker),
         {"CPU": 0.01})
