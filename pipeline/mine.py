@@ -14,9 +14,9 @@ HOLISMOKES, Euclid Q1): score, look at the top, retrain with the false positives
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,7 @@ MINED_KIND = "mined"  # the ``kind`` of every mined row (their class column, as 
 
 def _split(row_id: str, val_fraction: float) -> str:
     """train or val, fixed per id (a rerun or a later round puts a cutout in the same split)."""
-    h = int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "val" if h < val_fraction else "train"
+    return "val" if zlib.crc32(row_id.encode()) / 2**32 < val_fraction else "train"
 
 
 def _lens_finder(summary: dict, run_dir: Path):

@@ -88,7 +88,8 @@ def test_read_json_and_failures_are_one_line_with_exit_status_1(field, tmp_path)
     ok = _lensray("read", field, "--json", "--no-progress", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
     doc = json.loads(ok.stdout, parse_constant=_no_nan)  # stdout: strict JSON, nothing else
-    assert doc["counts"] == {"rows": 12, "good": 11, "errors": 1} and len(doc["rows"]) == 12
+    assert doc["counts"] == {"rows": 12, "good": 11, "errors": 1, "transient": 0,
+                             "permanent": 1} and len(doc["rows"]) == 12
     assert "Execution plan" not in ok.stderr and "INFO" not in ok.stderr  # quiet by default
     missing = _lensray("read", tmp_path / "nothing.fits", cwd=tmp_path)
     assert missing.returncode == 1
