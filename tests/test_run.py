@@ -78,6 +78,7 @@ def test_run_writes_catalogue_errors_summary_and_gallery(first_run, field):
                                    "candidates": int(cand.sum()), "ids_renamed": 0}
     assert summary["total"]["catalog_parquet_rows"] == sum(COUNTS)
     assert summary["inputs"] == {"files": 4, "skipped_finished": 0, "processed": 4, "empty": [],
+                                 "unfinished": [],
                                  "stale": {"files": 0, "rows": 0, "sources": []}, "pruned": 0,
                                  "adopted": []}
     assert summary["throughput_rows_per_s"] > 0
