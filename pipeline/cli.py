@@ -619,17 +619,12 @@ def _add_mine(p: argparse.ArgumentParser) -> None:
 
 
 def _run_mine(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline.mine import mine
 
-    try:
-        manifest = mine(args.run_dir, args.out, top=args.top, labels=args.labels,
-                        only_labelled=args.only_labelled, base=args.base,
-                        val_fraction=args.val_fraction)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"lensray mine: {exc}") from None
-    print(json.dumps({k: manifest[k] for k in ("n", "counts", "base", "adds_up")}, indent=2))
+    manifest = mine(args.run_dir, args.out, top=args.top, labels=args.labels,
+                    only_labelled=args.only_labelled, base=args.base,
+                    val_fraction=args.val_fraction)
+    _print_json({k: manifest[k] for k in ("n", "counts", "base", "adds_up")})
     for rid, source, why in manifest["skipped"]:
         print(f"lensray mine: skipped {rid} ({source}): {why}", file=sys.stderr)
     return 0

@@ -88,20 +88,12 @@ def check_geometry(stages: Sequence[Stage]) -> None:
                 raise ValueError(f"{type(stage).__name__} takes {_describe(geometry)}, but "
                                  f"{type(made[0]).__name__} before it makes "
                                  f"{_describe(made[1])}: give them checkpoints of one geometry")
-            tag = _weights_tag(made[0])
+            tag = "+".join(getattr(made[0], "tags", []))
             if getattr(stage, "denoiser", None) not in (None, tag):
                 log.warning("%s was trained on the output of denoiser %s, but runs after %s",
                             type(stage).__name__, stage.denoiser, tag)
         if schema.DENOISED in stage.writes:
             made = (stage, geometry) if geometry else None
-
-
-def _weights_tag(stage: Stage) -> str | None:
-    """The weights tag of a one-checkpoint model stage (what its provenance column says)."""
-    from pipeline.models.checkpoint import weights_tag
-
-    checkpoints = getattr(stage, "checkpoints", None)
-    return weights_tag(checkpoints[0], stage.config) if checkpoints and len(checkpoints) == 1 else None
 
 
 def _same(a: dict, b: dict) -> bool:

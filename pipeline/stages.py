@@ -243,7 +243,12 @@ class ModelStage(Stage):
                  survey: str | None = None, device: str | None = None,
                  precision: str = "fp32", band_aliases: dict[str, str] | None = None,
                  **resources):
-        from pipeline.models.checkpoint import has_pretrained, no_pretrained, pretrained_dir
+        from pipeline.models.checkpoint import (
+            has_pretrained,
+            no_pretrained,
+            pretrained_dir,
+            weights_tag,
+        )
 
         super().__init__(**resources)
         members = _members(checkpoint, type(self).__name__)
@@ -255,6 +260,8 @@ class ModelStage(Stage):
         #: (model, config) of each member, loaded (and so checked) now, on the CPU
         self.members = [self._load(d) for d in self.checkpoints]
         configs = [c for _, c in self.members]
+        #: each member's provenance name (``pipeline.models.checkpoint.weights_tag``)
+        self.tags = [weights_tag(d, c) for d, c in zip(self.checkpoints, configs, strict=True)]
         self.config = configs[0]
         #: what the checkpoint takes: bands, pixel_scale, size (its config's)
         self.geometry = {k: configs[0][k] for k in ("bands", "pixel_scale", "size")}
@@ -315,8 +322,7 @@ class ModelStage(Stage):
         self.device = self._pick_device()
         self.members = [(m.to(self.device), c) for m, c in self.members]
         self.config = self.members[0][1]
-        self._tag = "+".join(_model_tag(c, d) for d, (_, c) in
-                             zip(self.checkpoints, self.members, strict=True))
+        self._tag = "+".join(self.tags)
         if self.options["precision"] != "fp32":
             self._tag += f"+{self.options['precision']}"
 
@@ -380,13 +386,6 @@ def _members(checkpoint, who: str) -> list[str] | None:
     if twice:
         raise ValueError(f"{twice[0]}: listed twice in one ensemble (each member once)")
     return members
-
-
-def _model_tag(config: dict, directory: Path) -> str:
-    """``<model>@<lensray version that trained it>#<first 12 hex of the weights' sha256>``."""
-    from pipeline.models.checkpoint import weights_tag
-
-    return weights_tag(directory, config)
 
 
 def check_bands(stages: Sequence[Stage], bands: Sequence[str] | None) -> None:

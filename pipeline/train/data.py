@@ -97,10 +97,10 @@ class DenoiseImages:
 
 def with_denoiser(ds, config: dict):
     """``ds`` with its images denoised when ``config`` trains on a denoiser's output."""
-    import ray
-
     if not config.get("denoiser"):
         return ds
+    import ray
+
     from pipeline.models.checkpoint import resolve_checkpoint
 
     return ds.map_batches(DenoiseImages, batch_format="numpy", batch_size=512,

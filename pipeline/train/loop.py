@@ -255,14 +255,11 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
 def _check_denoiser(spec: str, cfg: dict) -> str:
     """The weights tag of the denoiser ``spec`` whose output a model trains on; it must take
     the data's geometry (its output is what the model will see)."""
-    from pipeline.models.checkpoint import resolve_checkpoint, weights_tag
+    from pipeline.models.checkpoint import read_config, resolve_checkpoint, weights_tag
 
     directory = resolve_checkpoint(spec, "denoise")
-    try:
-        dn = json.loads((directory / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"denoiser {spec}: not a checkpoint directory ({e})") from e
-    if dn.get("task") != "denoise":
+    dn = read_config(directory)
+    if dn["task"] != "denoise":
         raise ValueError(f"denoiser {spec}: a {dn.get('task')!r} checkpoint, not a denoiser")
     mine = {k: cfg[k] for k in ("bands", "size", "pixel_scale")}
     theirs = {k: dn.get(k) for k in mine}
