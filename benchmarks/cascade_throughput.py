@@ -5,11 +5,12 @@
 For each N it writes N 64x64 one-band cutouts (sky noise + a Gaussian galaxy, cheap to make)
 as FITS cube shards of 1,000 with ``write_cube_shard``, then measures in one run:
 
-* **lensray**: ``run_cascade`` (read -> Denoise -> LensDetect -> Substructure on candidates
-  -> per-shard Parquet; on CPUs one pool of actors that read their own files) on an embedded
-  local Ray using every core;
+* **lensray**: ``run_cascade`` with its default stages (today LensDetect -> Substructure on
+  candidates: the shipped denoiser runs only when a model reads its output) -> per-shard
+  Parquet; on CPUs one pool of actors that read their own files) on an embedded local Ray
+  using every core;
 * **baseline**: one Python process, same cores (torch threads = cores): for each shard,
-  astropy read (``read_fits_file``, the reader's own decode) -> the same three models with
+  astropy read (``read_fits_file``, the reader's own decode) -> the same models with
   ``predict`` -> the same candidate cut -> one Parquet file per shard.
 
 It prints cutouts/s for both, their ratio (target >= 0.9) and the peak memory (driver
@@ -174,8 +175,9 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float) -> int:
-    """Single-process loop: astropy read -> denoise -> detect -> substructure -> Parquet."""
+def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float, stages: list[str]) -> int:
+    """Single-process loop: astropy read -> the cascade's ``stages`` (each model on the raw
+    cutouts, as the cascade routes them) -> Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
@@ -185,7 +187,9 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float) -> int
     from pipeline.models import load_checkpoint, load_pretrained
 
     torch.set_num_threads(os.cpu_count() or 1)
-    models = {s: (load_checkpoint(c) if c else load_pretrained(s)) for s, c in ckpts.items()}
+    assert "denoise" not in stages, "the loop runs models on raw cutouts only"
+    models = {s: (load_checkpoint(c) if c else load_pretrained(s))
+              for s, c in ckpts.items() if s in stages}
     from pipeline.models import predict
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +200,6 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float) -> int
         good = good_mask(batch)
         images = batch["image"][good]
         cols = {k: batch[k][good] for k in ("id", "ra", "dec", "source", "index")}
-        images = predict(*models["denoise"], images)["image"]
         p = predict(*models["lens-detect"], images)["p_lens"]
         cand = p >= threshold
         sub = predict(*models["substructure"], images[cand]) if cand.any() else {}
@@ -208,6 +211,14 @@ def baseline(paths: list[Path], out: Path, ckpts: dict, threshold: float) -> int
         pq.write_table(pa.table(cols), out / f"{path.stem}.parquet")
         rows += len(batch["id"])
     return rows
+
+
+def default_stages(ckpts: dict) -> list[str]:
+    """The stages ``run_cascade`` builds by default from these checkpoints (the baseline runs
+    the same ones)."""
+    from pipeline.stages import build_stages
+
+    return [s.name for s in build_stages(checkpoints={s: c for s, c in ckpts.items() if c})]
 
 
 def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int,
@@ -235,7 +246,7 @@ def measure(n: int, field: list[Path], workdir: Path, ckpts: dict, args, lensray
     def run_loop():
         with PeakMemory(children=False) as mem:
             t = time.perf_counter()
-            rows = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold)
+            rows = baseline(field, workdir / f"out-base-{n}", ckpts, args.threshold, args.stages)
             return rows, time.perf_counter() - t, mem
 
     def run_lensray():
@@ -314,6 +325,8 @@ def main(argv=None) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lensray-bench-"))
     ckpts, weights = checkpoints(workdir, args.models)
+    args.stages = default_stages(ckpts)
+    weights += f"; stages {' -> '.join(args.stages)}"
     results = []
     for n in args.n:
         field = make_field(workdir / f"field-{n}", n)

@@ -67,19 +67,22 @@ def view_of(config: dict) -> str:
     raise SystemExit(f"real_sky: no real view for bands {config['bands']}")
 
 
-def sdss_images(source: pathlib.Path, view: str) -> np.ndarray:
-    """SDSS galaxies in a model's band view: (N, 1 or 3, 64, 64)."""
+def sdss_images(source: pathlib.Path) -> dict:
+    """SDSS galaxies in each band view ({"VIS": (N, 1, 64, 64), "gri": (N, 3, 64, 64)}) and
+    their Galaxy Zoo 2 class ("classes": spirals / non_spirals)."""
     if source.is_dir():
         sys.path.insert(0, str(pathlib.Path(__file__).parent))
         from make_sdss_views import views
 
-        gri = views(source)[0]
+        gri, table = views(source)
     else:
         from astropy.io import fits
 
         with fits.open(source) as hdul:
             gri = np.asarray(hdul["CUTOUTS"].data, np.float32)
-    return gri if view == "gri" else gri[:, 1:].mean(1, keepdims=True)
+            table = {"gz2_class": np.char.strip(hdul["CATALOG"].data["gz2_class"].astype(str))}
+    return {"gri": gri, "VIS": gri[:, 1:].mean(1, keepdims=True),
+            "classes": np.asarray(table["gz2_class"])}
 
 
 def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
@@ -121,6 +124,9 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
     non = np.array([p for lab, _, p in fixtures if lab != "lens"])
     row = {"model": name, "checkpoint": ckpt, "view": view, "n_sdss": int(len(p_sdss)),
            "sdss_flag_0.5": float((p_sdss > 0.5).mean()), "sdss_flag_0.9": float((p_sdss > 0.9).mean()),
+           # which galaxies it flags: spiral arms look more like arcs than smooth ellipticals
+           "sdss_flag_0.5_by_class": {c: float((p_sdss[sdss["classes"] == c] > 0.5).mean())
+                                      for c in sorted(set(sdss["classes"]))},
            "fixtures": [{"label": lab, "file": f, "p_lens": p} for lab, f, p in fixtures]}
     if len(lens) and len(non):
         row["real_auc_fixtures"] = roc_auc(np.r_[np.ones(len(lens)), np.zeros(len(non))],
@@ -149,7 +155,8 @@ def shortcut_rows(sims: dict) -> list[dict]:
 
 def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
     sims = sorted({k[len("sim_auc["):-1] for r in rows for k in r if k.startswith("sim_auc[")})
-    head = ["model", "view", "SDSS > 0.5", "SDSS > 0.9", "real AUC (fixtures)",
+    head = ["model", "view", "SDSS > 0.5", "SDSS > 0.9", "SDSS > 0.5 spirals / non-spirals",
+            "real AUC (fixtures)",
             "real AUC (+SDSS)", "lenses > p95 non-lens", *[f"sim AUC / TPR0 {s}" for s in sims]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -157,7 +164,9 @@ def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
         return "-" if v is None else fmt.format(v)
 
     for r in rows:
+        by = r["sdss_flag_0.5_by_class"]
         cells = [r["model"], r["view"], f(r["sdss_flag_0.5"], "{:.1%}"), f(r["sdss_flag_0.9"], "{:.1%}"),
+                 " / ".join(f(by.get(c), "{:.1%}") for c in ("spirals", "non_spirals")),
                  f(r.get("real_auc_fixtures")), f(r.get("real_auc_with_sdss")),
                  f(r.get("real_lenses_above_p95_nonlens"), "{:.0%}")]
         cells += [f"{f(r.get(f'sim_auc[{s}]'), '{:.4f}')} / {f(r.get(f'sim_tpr0[{s}]'))}" for s in sims]
@@ -199,7 +208,7 @@ def main() -> None:
     ensure_ray(log_to_driver=False)
     models = dict(m.partition("=")[::2] if "=" in m else (m, m) for m in args.model or ["shipped"])
     sims = dict(s.split("=", 1) for s in args.sim)
-    sdss = {v: sdss_images(args.sdss, v) for v in ("VIS", "gri")}
+    sdss = sdss_images(args.sdss)
     where = (str(args.sdss.resolve().relative_to(REPO)) if args.sdss.resolve().is_relative_to(REPO)
              else f"{args.sdss.name}/ JPEGs, benchmarks/make_sdss_views.py")
     rows = [{**score(name, ckpt, sdss, sims), "sdss": where} for name, ckpt in models.items()]

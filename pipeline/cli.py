@@ -231,6 +231,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-weight", type=float, default=None, metavar="W",
                    help="with --adapt: final strength of the reversed domain gradient "
                         "(default 1; ramped from 0 as Ganin et al.)")
+    p.add_argument("--adapt-align", choices=("all", "negatives"), default=None,
+                   help="with --adapt: align the survey's features with all training cutouts "
+                        "(DANN; default) or with the non-lenses only (class-conditional: a "
+                        "survey is almost all non-lenses)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -238,7 +242,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from pipeline.train.loop import train
 
-    adapt = {k: v for k in ("adapt", "adapt_weight") if (v := getattr(args, k)) is not None}
+    adapt = {k: v for k in ("adapt", "adapt_weight", "adapt_align")
+             if (v := getattr(args, k)) is not None}
     out = train(args.stage, args.data, args.out, args.model, num_workers=args.num_workers,
                 use_gpu=args.use_gpu, recipe_command="lensray " + shlex.join(sys.argv[1:]),
                 **_recipe(args), **adapt)

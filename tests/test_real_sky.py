@@ -23,7 +23,7 @@ SHIPPED = [s for s in sorted(SURVEYS) if (pretrained_dir("lens-detect", s) / "co
 
 @pytest.fixture(scope="module")
 def sdss():
-    return {v: real_sky.sdss_images(real_sky.SDSS_VIEW, v) for v in ("VIS", "gri")}
+    return real_sky.sdss_images(real_sky.SDSS_VIEW)
 
 
 @pytest.mark.parametrize("survey", SHIPPED)

@@ -89,6 +89,8 @@ def test_bad_configs_fail_before_any_work(tiny_lens_data, tmp_path):
         make_config("denoise", tiny_lens_data, adapt=["survey/*.fits"])
     with pytest.raises(ValueError, match="adapt_weight must be > 0"):
         make_config("lens-detect", tiny_lens_data, adapt=["survey/*.fits"], adapt_weight=0)
+    with pytest.raises(ValueError, match="adapt_align must be 'all' or 'negatives'"):
+        make_config("lens-detect", tiny_lens_data, adapt=["survey/*.fits"], adapt_align="lens")
 
 
 @pytest.mark.timeout(400)
@@ -230,6 +232,31 @@ def test_gradient_reversal_flips_and_scales_the_gradient():
     out = net(torch.randn(4, 1, 32, 32))
     assert tap.features.shape == (4, tap.in_features) == (4, 2 * TINY_D4["widths"][-1])
     torch.testing.assert_close(net.head(tap.features), out)
+
+
+def test_class_conditional_adversary_aligns_the_survey_with_the_non_lenses_only():
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.models import create_model
+    from pipeline.train.adapt import Adversary
+
+    torch.manual_seed(0)
+    net = create_model("d4_resnet", in_channels=1, num_outputs=1, **TINY_D4).train()
+    batch = {"is_lens": torch.tensor([1, 0, 1, 0, 0])}  # 5 source rows, then 3 target rows
+    losses = {}
+    for align in ("all", "negatives"):
+        adv = Adversary(net, 1.0, steps_per_epoch=10, epochs=1, align=align)
+        net(torch.randn(8, 1, 32, 32, generator=torch.Generator().manual_seed(1)))
+        feats = adv.tap.features.float()
+        losses[align] = adv.loss(5, 5, batch)
+        rows = [0, 1, 2, 3, 4] if align == "all" else [1, 3, 4]
+        domain = torch.tensor([0.0] * len(rows) + [1.0] * 3)
+        want = F.binary_cross_entropy_with_logits(adv.head(feats[rows + [5, 6, 7]]), domain)
+        torch.testing.assert_close(losses[align], want)
+        assert adv.n == len(rows) + 3  # the tallies count the rows the head saw
+    with pytest.raises(ValueError, match="adapt_align must be one of"):
+        Adversary(net, 1.0, 10, 1, align="lenses")
 
 
 def _target_files(directory):

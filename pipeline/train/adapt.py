@@ -9,6 +9,11 @@ network's last linear layer (:class:`FeatureTap`), so every classifier of the re
 without knowing about it. The reversal's strength ramps up as Ganin et al.'s
 ``2 / (1 + exp(-10 p)) - 1`` over training progress ``p``, times ``adapt_weight``.
 
+``adapt_align="negatives"`` (lens finders only) aligns the survey with the simulated
+**non-lenses** alone, a class-conditional adversary: a survey holds ~1 lens in 1,000 galaxies
+while a training set holds ~40%, so aligning it with the whole set (plain DANN, "all") must map
+some real galaxies onto lens-like features (label shift; measured in benchmarks/accuracy.md).
+
     lensray train --stage lens-detect --init CKPT --data SIMS --out OUT --adapt 'survey/*.fits'
 
 The target cutouts go through the project's reader and are fitted to the model's geometry
@@ -31,6 +36,7 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 
 METHOD = "dann"
+ALIGN = ("all", "negatives")  # which source rows the target is aligned with
 MAX_FILES = 50  # target file names kept in a config (the count is always kept)
 
 
@@ -86,14 +92,19 @@ class FeatureTap:
 class Adversary:
     """The domain-adversarial part of one training run: the head, its loss and running tallies.
 
-    ``loss(n_source, step)`` after a forward pass of a batch whose first ``n_source`` rows are
-    source cutouts and the rest target cutouts; ``epoch_metrics()`` gives the epoch's mean
-    domain loss, the head's accuracy and the reversal's last coefficient, then resets.
+    ``loss(n_source, step, batch)`` after a forward pass of a batch whose first ``n_source``
+    rows are source cutouts (``batch`` their labels) and the rest target cutouts;
+    ``epoch_metrics()`` gives the epoch's mean domain loss, the head's accuracy and the
+    reversal's last coefficient, then resets. ``align``: see the module's docstring.
     """
 
-    def __init__(self, model: nn.Module, weight: float, steps_per_epoch: int, epochs: int):
+    def __init__(self, model: nn.Module, weight: float, steps_per_epoch: int, epochs: int,
+                 align: str = "all"):
+        if align not in ALIGN:
+            raise ValueError(f"adapt_align must be one of {ALIGN}, got {align!r}")
         self.tap = FeatureTap(model)
         self.head = DomainHead(self.tap.in_features)
+        self.align = align
         self.weight, self.steps_per_epoch = float(weight), steps_per_epoch
         self.total_steps = max(1, steps_per_epoch * epochs)
         self._reset()
@@ -101,10 +112,16 @@ class Adversary:
     def _reset(self):
         self.sum_loss, self.correct, self.n, self.coeff = 0.0, 0, 0, 0.0
 
-    def loss(self, n_source: int, step: int) -> torch.Tensor:
+    def loss(self, n_source: int, step: int, batch: dict) -> torch.Tensor:
         import torch.nn.functional as F
 
+        from pipeline.io.schema import IS_LENS
+
         feats = self.tap.features.float()
+        if self.align == "negatives":  # the source side: the simulated non-lenses only
+            keep = batch[IS_LENS][:n_source] == 0
+            feats = torch.cat([feats[:n_source][keep], feats[n_source:]])
+            n_source = int(keep.sum())
         self.coeff = self.weight * ganin_lambda(step / self.total_steps)
         logit = self.head(grad_reverse(feats, self.coeff))
         domain = torch.zeros(len(feats), device=feats.device)

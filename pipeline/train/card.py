@@ -75,7 +75,10 @@ def _adaptation(a: dict | None) -> list[str]:
     if not a:
         return []
     more = f" and {a['n_files'] - len(a['files'])} more" if a["n_files"] > len(a["files"]) else ""
-    return [f"| adaptation | {a['method']} (domain-adversarial, weight {a.get('weight')}) on "
+    against = ("the simulated non-lenses" if a.get("align") == "negatives"
+               else "all training cutouts")
+    return [f"| adaptation | {a['method']} (domain-adversarial against {against}, weight "
+            f"{a.get('weight')}) on "
             f"{a['n']} unlabeled cutouts ({a['n_refused']} refused) of "
             f"{', '.join(f'`{f}`' for f in a['files'])}{more} |"]
 

@@ -40,6 +40,7 @@ DEFAULTS = {
     "adapt": None,  # unlabeled cutouts of the target survey: domain-adversarial training
     #                 (pipeline.train.adapt); after ``prepare`` the record of what was used
     "adapt_weight": 1.0,  # final strength of the adversarial gradient (Ganin et al.'s lambda)
+    "adapt_align": "all",  # align the target with all source rows, or with the "negatives" only
 }
 
 
@@ -69,7 +70,8 @@ def train_loop_per_worker(cfg: dict) -> None:
         from pipeline.train.adapt import Adversary, target_batches
 
         steps = cfg["trained"]["n_train"] // (cfg["batch_size"] * world)
-        adversary = Adversary(model, cfg["adapt_weight"], steps, cfg["epochs"])
+        adversary = Adversary(model, cfg["adapt_weight"], steps, cfg["epochs"],
+                              cfg["adapt_align"])
         targets = target_batches(ray.train.get_dataset_shard("target"), cfg["batch_size"],
                                  cfg["seed"] + 2000 + rank)
     ckpt = ray.train.get_checkpoint()
@@ -126,7 +128,7 @@ def train_loop_per_worker(cfg: dict) -> None:
             with autocast:
                 out = model(x.contiguous(memory_format=layout))
             loss = task.loss(out[:ns].float(), batch, cfg)
-            total = loss if adversary is None else loss + adversary.loss(ns, step)
+            total = loss if adversary is None else loss + adversary.loss(ns, step, batch)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -227,6 +229,12 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
                          f"{stage!r} has no classes")
     if recipe.get("adapt_weight") is not None and not recipe["adapt_weight"] > 0:
         raise ValueError(f"adapt_weight must be > 0, got {recipe['adapt_weight']}")
+    align = recipe.get("adapt_align")
+    if align is not None and align not in ("all", "negatives"):
+        raise ValueError(f"adapt_align must be 'all' or 'negatives', got {align!r}")
+    if align == "negatives" and task.name != "lens-detect":
+        raise ValueError(f"adapt_align='negatives' aligns a survey with the simulated non-lenses: "
+                         f"a lens-detect option, not {stage!r}'s")
     bad = set(recipe.get("train_classes") or ()) - set(task.classes or ())
     if bad:
         raise ValueError(f"train_classes {sorted(bad)}: stage {stage!r} has classes "
@@ -323,7 +331,7 @@ def prepare(stage: str, data_dir, model: str | None = None, *,
         from pipeline.train.adapt import load_target
 
         datasets["target"], cfg["adapt"] = load_target(cfg["adapt"], cfg)
-        cfg["adapt"]["weight"] = cfg["adapt_weight"]
+        cfg["adapt"].update(weight=cfg["adapt_weight"], align=cfg["adapt_align"])
     return cfg, datasets
 
 
