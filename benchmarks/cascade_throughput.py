@@ -36,8 +36,12 @@ from pathlib import Path
 import numpy as np
 
 
+PIXEL_SCALE = 0.101  # the euclid-vis models' (shipped and ``small``): rows need no resampling
+
+
 def make_field(directory: Path, n: int, size: int = 64, shard: int = 1000, seed: int = 0) -> list[Path]:
-    """``n`` noisy cutouts with a Gaussian galaxy each, as cube shards (reused if present)."""
+    """``n`` noisy cutouts with a Gaussian galaxy each, as cube shards (reused if present),
+    at the models' pixel scale (a cutout without one is an error row for a model stage)."""
     from pipeline.io import write_cube_shard
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -56,7 +60,7 @@ def make_field(directory: Path, n: int, size: int = 64, shard: int = 1000, seed:
         ids = np.array([f"bench-{start + j}" for j in range(m)])
         write_cube_shard(path, images.astype(np.float32),
                          {"id": ids, "ra": rng.uniform(0, 360, m), "dec": rng.uniform(-60, 60, m)},
-                         ["VIS"])
+                         ["VIS"], pixel_scale=PIXEL_SCALE)
     return paths
 
 
@@ -93,7 +97,7 @@ def checkpoints(workdir: Path, models: str) -> tuple[dict[str, str | None], str]
             continue
         shipped = pretrained_dir(s) / "config.json"
         cfg = _json.loads(shipped.read_text()) if shipped.is_file() and models == "shipped" else {}
-        cfg.update(task=s, bands=["VIS"], size=64, pixel_scale=0.101, lensray_version=__version__,
+        cfg.update(task=s, bands=["VIS"], size=64, pixel_scale=PIXEL_SCALE, lensray_version=__version__,
                    normalization=dict(DEFAULT_NORMALIZATION))
         if s == "substructure":
             cfg["classes"] = ["no_sub", "cdm", "vortex"]
@@ -229,7 +233,8 @@ def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_s
                           threshold=threshold, batch_size=batch_size, fuse=fuse, buffer_gib=buffer_gib,
                           checkpoints={s: c for s, c in ckpts.items() if c}, gallery=0,
                           progress=False)
-    assert summary["adds_up"], summary
+    # every row computed: an error row (e.g. a cutout the models cannot fit) costs nothing
+    assert summary["adds_up"] and summary["this_run"]["errors"] == 0, summary["this_run"]
     return summary["this_run"]["rows"], summary["this_run"]["candidates"]
 
 
