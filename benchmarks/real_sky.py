@@ -10,7 +10,8 @@ prints, side by side:
   training. ``--sdss`` takes the committed 500-galaxy view or the folder of the 2,000 JPEGs;
 - **real fixtures**: p_lens of every observed cutout bundled in ``tests/data/real`` (3 lenses,
   5 non-lenses), each resampled to the model's pixel scale (``fit_cutouts``), and the AUC of the
-  real lenses against the real non-lenses (fixtures + SDSS galaxies);
+  real lenses against the real non-lenses (fixtures + SDSS galaxies); also p_lens of three
+  lenses of another simulator (DeepLense, ``tests/data/sim/deeplense``), never in a real AUC;
 - **simulated AUC** (and TPR0) on the held-out TEST split of each ``--sim NAME=DIR``, and the
   classical moment baseline's AUC on it (``pipeline.train.shortcut``), which says how much of
   the set a shortcut can separate.
@@ -55,6 +56,11 @@ FIXTURES = [
 ]
 # the AEGIS stamps carry no WCS: 0.03"/px from their catalogue
 PIXEL_SCALE = {"real/hst/AEGIS_F814w_images_01.fits": 0.03}
+# Another simulator's lenses (tests/data/README.md): noiseless rings, no lens light, no pixel
+# scale stored. Scored in single-band views at lenstronomy's Euclid 0.101"/px with white noise
+# at a peak S/N of 25 (DeepLense's own level), seeded; listed, never in a real-sky AUC.
+DEEPLENSE = ("nosub", "cdm", "axion")
+DEEPLENSE_SCALE, DEEPLENSE_PEAK_SNR = 0.101, 25.0
 
 
 def view_of(config: dict) -> str:
@@ -100,6 +106,13 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
                   for f, band, hdu, plane in views[view]]
         x = fit_cutouts(np.stack([p for p, _ in planes])[None], planes[0][1], config)
         out.append((label, name, x))
+    if view == "VIS":
+        for i, name in enumerate(DEEPLENSE):
+            ring = np.load(DATA / f"sim/deeplense/{name}.npy").astype(np.float32)
+            noisy = ring + np.random.default_rng(i).normal(0, ring.max() / DEEPLENSE_PEAK_SNR,
+                                                           ring.shape).astype(np.float32)
+            out.append(("sim lens", f"DeepLense {name}",
+                        fit_cutouts(noisy[None, None], DEEPLENSE_SCALE, config)))
     return out
 
 
@@ -121,7 +134,7 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
     p_sdss = p_lens(sdss[view])
     fixtures = [(label, fname, float(p_lens(x)[0])) for label, fname, x in fixture_images(config)]
     lens = np.array([p for lab, _, p in fixtures if lab == "lens"])
-    non = np.array([p for lab, _, p in fixtures if lab != "lens"])
+    non = np.array([p for lab, _, p in fixtures if lab == "non-lens"])
     row = {"model": name, "checkpoint": ckpt, "view": view, "n_sdss": int(len(p_sdss)),
            "sdss_flag_0.5": float((p_sdss > 0.5).mean()), "sdss_flag_0.9": float((p_sdss > 0.9).mean()),
            # which galaxies it flags: spiral arms look more like arcs than smooth ellipticals

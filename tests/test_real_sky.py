@@ -8,6 +8,7 @@ import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from pipeline.models import pretrained_dir
@@ -36,6 +37,13 @@ def test_shipped_lens_finder_scores_real_sky_as_its_card_says(survey, sdss):
     assert row["n_sdss"] == card["n_sdss"] == 500
     for k in ("sdss_flag_0.5", "sdss_flag_0.9"):
         assert row[k] == pytest.approx(card[k], abs=0.005), k
+    by = row["sdss_flag_0.5_by_class"]
+    assert by == pytest.approx(card["sdss_flag_0.5_by_class"], abs=0.005)
+    share = {c: float(np.mean(sdss["classes"] == c)) for c in by}  # the classes make the total
+    assert sum(by[c] * share[c] for c in by) == pytest.approx(row["sdss_flag_0.5"], abs=1e-9)
+    # another simulator's rings (DeepLense) are listed for single-band models, never in a real AUC
+    sims = [x for x in row["fixtures"] if x["label"] == "sim lens"]
+    assert len(sims) == (3 if row["view"] == "VIS" else 0)
     got = {x["file"]: x["p_lens"] for x in row["fixtures"]}
     assert got == pytest.approx({x["file"]: x["p_lens"] for x in card["fixtures"]}, abs=0.01)
     # fewer real galaxies flagged than by the lens finder trained on unmatched simulations

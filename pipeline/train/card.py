@@ -110,15 +110,24 @@ def portable(config: dict) -> dict:
     return json.loads(text)
 
 
+def _by_class(r: dict) -> str:
+    """The SDSS flag rate by Galaxy Zoo class, when the row has it, for the card's sentence."""
+    by = r.get("sdss_flag_0.5_by_class")
+    return (f" (spirals {by['spirals']:.1%}, non-spirals {by['non_spirals']:.1%})"
+            if by and {"spirals", "non_spirals"} <= set(by) else "")
+
+
 def _real_sky(r: dict | None) -> list[str]:
     """The card's real-sky section from a ``benchmarks/real_sky.py`` row."""
     if not r:
         return []
     lines = ["", "## Real sky (never seen in training)", "",
              f"`{r['command']}`: real SDSS galaxies (Galaxy Zoo 2, `{r['sdss']}`, n={r['n_sdss']}) "
-             f"flagged at p_lens > 0.5: {r['sdss_flag_0.5']:.1%}, > 0.9: {r['sdss_flag_0.9']:.1%}; "
-             f"real lenses vs real non-lenses (fixtures + SDSS) AUC {r['real_auc_with_sdss']:.3f}. "
-             "Observed cutouts of `tests/data/real` and `tests/data/real_backgrounds` "
+             f"flagged at p_lens > 0.5: {r['sdss_flag_0.5']:.1%}{_by_class(r)}, > 0.9: "
+             f"{r['sdss_flag_0.9']:.1%}; real lenses vs real non-lenses (fixtures + SDSS) AUC "
+             f"{r['real_auc_with_sdss']:.3f}. Observed cutouts of `tests/data/real` and "
+             "`tests/data/real_backgrounds`, and (single-band models) three lenses of another "
+             "simulator, DeepLense (`sim lens`, `tests/data/sim/deeplense`, never in a real AUC) "
              f"(`tests/data/README.md`), resampled to {r['pixel_scale']}\"/px:", "",
              "| cutout | label | p_lens |", "|---|---|---|"]
     return lines + [f"| {x['file']} | {x['label']} | {x['p_lens']:.3f} |" for x in r["fixtures"]]
