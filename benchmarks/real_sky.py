@@ -12,7 +12,9 @@ prints, side by side:
   5 non-lenses), each resampled to the model's pixel scale (``fit_cutouts``), and the AUC of the
   real lenses against the real non-lenses (fixtures + SDSS galaxies); also p_lens of three
   lenses of another simulator (DeepLense, ``tests/data/sim/deeplense``), never in a real AUC;
-- **simulated AUC** (and TPR0) on the held-out TEST split of each ``--sim NAME=DIR``, and the
+- **simulated AUC** (and TPR0) on the held-out TEST split of each ``--sim NAME=DIR``, the SDSS
+  flag rate at the threshold that keeps 75% of that split's lenses (a fixed completeness, so a
+  model that merely scores everything lower does not look better), and the
   classical moment baseline's AUC on it (``pipeline.train.shortcut``), which says how much of
   the set a shortcut can separate.
 
@@ -61,6 +63,7 @@ PIXEL_SCALE = {"real/hst/AEGIS_F814w_images_01.fits": 0.03}
 # at a peak S/N of 25 (DeepLense's own level), seeded; listed, never in a real-sky AUC.
 DEEPLENSE = ("nosub", "cdm", "axion")
 DEEPLENSE_SCALE, DEEPLENSE_PEAK_SNR = 0.101, 25.0
+SIM_TPR = 0.75  # the completeness on simulated lenses at which SDSS flags are also counted
 
 
 def view_of(config: dict) -> str:
@@ -75,7 +78,8 @@ def view_of(config: dict) -> str:
 
 def sdss_images(source: pathlib.Path) -> dict:
     """SDSS galaxies in each band view ({"VIS": (N, 1, 64, 64), "gri": (N, 3, 64, 64)}) and
-    their Galaxy Zoo 2 class ("classes": spirals / non_spirals)."""
+    their Galaxy Zoo 2 class ("classes": spirals / non_spirals; "unknown" in a view file
+    without them)."""
     if source.is_dir():
         sys.path.insert(0, str(pathlib.Path(__file__).parent))
         from make_sdss_views import views
@@ -86,7 +90,10 @@ def sdss_images(source: pathlib.Path) -> dict:
 
         with fits.open(source) as hdul:
             gri = np.asarray(hdul["CUTOUTS"].data, np.float32)
-            table = {"gz2_class": np.char.strip(hdul["CATALOG"].data["gz2_class"].astype(str))}
+            cat = hdul["CATALOG"].data if "CATALOG" in hdul else None
+            table = {"gz2_class": (np.char.strip(cat["gz2_class"].astype(str))
+                                   if cat is not None and "gz2_class" in cat.names
+                                   else np.full(len(gri), "unknown"))}
     return {"gri": gri, "VIS": gri[:, 1:].mean(1, keepdims=True),
             "classes": np.asarray(table["gz2_class"])}
 
@@ -154,8 +161,13 @@ def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
         if preset != config["trained"]["preset"]:  # a model is scored on its own survey's sims
             continue
         data = collect(data_dir, "test", config)
-        m = lens_metrics(data["is_lens"], p_lens(data["image"]))
+        p_sim = p_lens(data["image"])
+        m = lens_metrics(data["is_lens"], p_sim)
         row[f"sim_auc[{sim}]"], row[f"sim_tpr0[{sim}]"] = m["auc"], m["tpr0"]
+        # at a fixed completeness: the threshold that keeps SIM_TPR of the simulated lenses,
+        # and the SDSS galaxies above it (a recalibrated model cannot look better here)
+        cut = float(np.quantile(p_sim[data["is_lens"] == 1], 1 - SIM_TPR))
+        row[f"sdss_flag_at_sim_tpr[{sim}]"] = float((p_sdss > cut).mean())
     return row
 
 
@@ -170,7 +182,8 @@ def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
     sims = sorted({k[len("sim_auc["):-1] for r in rows for k in r if k.startswith("sim_auc[")})
     head = ["model", "view", "SDSS > 0.5", "SDSS > 0.9", "SDSS > 0.5 spirals / non-spirals",
             "real AUC (fixtures)",
-            "real AUC (+SDSS)", "lenses > p95 non-lens", *[f"sim AUC / TPR0 {s}" for s in sims]]
+            "real AUC (+SDSS)", "lenses > p95 non-lens",
+            *[f"sim AUC / TPR0 {s} / SDSS flagged at sim TPR {SIM_TPR}" for s in sims]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v, fmt="{:.3f}"):
@@ -182,7 +195,8 @@ def markdown(rows: list[dict], shortcuts: list[dict]) -> str:
                  " / ".join(f(by.get(c), "{:.1%}") for c in ("spirals", "non_spirals")),
                  f(r.get("real_auc_fixtures")), f(r.get("real_auc_with_sdss")),
                  f(r.get("real_lenses_above_p95_nonlens"), "{:.0%}")]
-        cells += [f"{f(r.get(f'sim_auc[{s}]'), '{:.4f}')} / {f(r.get(f'sim_tpr0[{s}]'))}" for s in sims]
+        cells += [f"{f(r.get(f'sim_auc[{s}]'), '{:.4f}')} / {f(r.get(f'sim_tpr0[{s}]'))} / "
+                  f"{f(r.get(f'sdss_flag_at_sim_tpr[{s}]'), '{:.1%}')}" for s in sims]
         lines.append("| " + " | ".join(cells) + " |")
     fx = [r for r in rows]
     if fx:

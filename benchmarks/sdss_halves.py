@@ -9,7 +9,8 @@ the 500 Galaxy Zoo 2 galaxies of ``tests/data/real_backgrounds/sdss_gz2_gri64.fi
   (mean of r and i, band VIS, PIXSCALE = ``--pixel-scale``: the view ``real_sky.py`` gives a
   single-band model, at that model's pixel scale, so nothing is resampled): the ``--adapt`` input;
 - ``OUT/sdss_gri_odd.fits``: the odd-indexed galaxies, g,r,i as the committed view: the
-  ``benchmarks/real_sky.py --sdss`` input, never seen in adaptation.
+  ``benchmarks/real_sky.py --sdss`` input, never seen in adaptation (with the Galaxy Zoo class,
+  so the flag rate is also given for spirals and non-spirals).
 
     python benchmarks/sdss_halves.py --out /tmp/sdss-halves
 """
@@ -44,7 +45,8 @@ def main() -> None:
                               pixel_scale=args.pixel_scale,
                               header={"ORIGIN": "SDSS GZ2 view, even rows, mean of r and i"})
     held = write_cube_shard(args.out / "sdss_gri_odd.fits", gri[odd],
-                            {"id": ids[odd], "is_lens": np.zeros(len(odd), np.int64)},
+                            {"id": ids[odd], "gz2_class": np.asarray(table["gz2_class"]).astype(str)[odd],
+                             "is_lens": np.zeros(len(odd), np.int64)},
                             ["g", "r", "i"], overwrite=True,
                             header={"ORIGIN": "SDSS GZ2 view, odd rows"})
     print(f"wrote {len(even)} target cutouts to {target} and {len(odd)} held-out to {held}")

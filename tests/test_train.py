@@ -294,7 +294,7 @@ def test_domain_adversarial_training_on_unlabeled_survey_cutouts(tiny_lens_data,
     cfg = json.loads((out / "config.json").read_text())
     # the record: method, target files by name, cutouts used and refused (g,r,i + broken)
     a = cfg["adapt"]
-    assert a["method"] == "dann" and a["weight"] == 1.0
+    assert a["method"] == "dann" and a["weight"] == 1.0 and a["align"] == "all"
     assert a["files"] == ["survey-0.fits", "survey-1.fits", "survey-broken.fits",
                           "survey-gri.fits"] and a["n_files"] == 4
     assert (a["n"], a["n_refused"]) == (48, 5)
