@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 PIXEL_SCALE = 0.101  # the euclid-vis models' (shipped and ``small``): rows need no resampling
 
 
