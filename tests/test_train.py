@@ -281,6 +281,31 @@ def _target_files(directory):
     return directory
 
 
+@pytest.mark.timeout(300)
+def test_adaptation_target_goes_through_the_models_denoiser(ray_local, tmp_path):
+    """A model trained on a denoiser's output (--denoiser) meets the survey's cutouts through
+    that denoiser too: the target is fitted, denoised, then normalised, as the cascade does."""
+    from pipeline.io import ReadOptions, read_fits_file
+    from pipeline.models import pretrained_dir
+    from pipeline.models.checkpoint import resolve_checkpoint
+    from pipeline.models.normalize import normalize
+    from pipeline.train.adapt import FitTarget, load_target
+
+    path = str(_target_files(tmp_path / "survey") / "survey-0.fits")  # 24 cutouts, 0.2"/px
+    cfg = json.loads((pretrained_dir("lens-detect") / "config.json").read_text())
+    den_cfg = {**cfg, "denoiser": "survey:euclid-vis"}
+    x = {name: np.stack([r["x"] for r in load_target([path], c)[0].take_all()])
+         for name, c in (("raw", cfg), ("denoised", den_cfg))}
+    fitted = FitTarget(cfg)(read_fits_file(path, ReadOptions(geometry=True)))["image"]
+    dn_model, dn_cfg = load_checkpoint(resolve_checkpoint("survey:euclid-vis", "denoise"))
+    want = {"raw": normalize(fitted, cfg["normalization"])[0],
+            "denoised": normalize(predict(dn_model, dn_cfg, fitted)["image"],
+                                  cfg["normalization"])[0]}
+    for name in x:
+        np.testing.assert_allclose(x[name], want[name], rtol=1e-4, atol=1e-3, err_msg=name)
+    assert np.abs(x["denoised"] - x["raw"]).mean() > 0.05  # the denoiser did change them
+
+
 @pytest.mark.timeout(600)
 def test_domain_adversarial_training_on_unlabeled_survey_cutouts(tiny_lens_data, tmp_path):
     from pipeline.train.card import model_card, portable

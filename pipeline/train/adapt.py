@@ -17,8 +17,9 @@ some real galaxies onto lens-like features (label shift; measured in benchmarks/
     lensray train --stage lens-detect --init CKPT --data SIMS --out OUT --adapt 'survey/*.fits'
 
 The target cutouts go through the project's reader and are fitted to the model's geometry
-(``pipeline.models.fit_rows``, as ``lensray run`` does) and normalised as at inference; rows
-that cannot be are counted and named, never fed. The domain head is training-only: the exported
+(``pipeline.models.fit_rows``, as ``lensray run`` does), denoised when the model is trained on
+a denoiser's output (``--denoiser``, as its training cutouts are) and normalised as at
+inference; rows that cannot be are counted and named, never fed. The domain head is training-only: the exported
 checkpoint is the plain network, and its config records the method and the target files by name
 (``config["adapt"]``).
 """
@@ -155,30 +156,41 @@ def target_batches(shard, batch_size: int, seed: int):
 
 
 # ----------------------------------------------------------------------------- driver side
-class PrepareTarget:
-    """Ray Data batch function: reader rows -> ``x`` (fitted to the model's geometry and
-    normalised as at inference) and ``error`` ("" for good rows)."""
+class FitTarget:
+    """Ray Data batch function: reader rows -> ``image`` fitted to the model's geometry and
+    ``error`` ("" for good rows; a row that cannot be fitted gets the reason and a zero image)."""
 
     def __init__(self, config: dict):
         self.config = config
 
     def __call__(self, rows: dict) -> dict:
-        from pipeline.io.schema import ERROR, good_mask
+        from pipeline.io.schema import ERROR, IMAGE, good_mask
         from pipeline.models.fit import fit_rows
-        from pipeline.models.normalize import normalize
 
         good = good_mask(rows)
         errors = np.array(["" if g else str(e) for g, e in zip(good, rows[ERROR], strict=True)],
                           dtype=object)
         size, nb = int(self.config["size"]), len(self.config["bands"])
-        x = np.zeros((len(good), nb, size, size), np.float32)
+        image = np.zeros((len(good), nb, size, size), np.float32)
         if good.any():  # the reader's error rows carry no image to fit
             fit = fit_rows({k: np.asarray(v)[good] for k, v in rows.items()}, self.config)
             idx = np.flatnonzero(good)
             errors[idx[~fit.ok]] = [str(e) for e in fit.errors[~fit.ok]]
-            if fit.ok.any():
-                x[idx[fit.ok]] = normalize(fit.images[fit.ok], self.config["normalization"])[0]
-        return {"x": x, "error": errors.astype(str)}
+            image[idx[fit.ok]] = fit.images[fit.ok]
+        return {IMAGE: image, ERROR: errors.astype(str)}
+
+
+def normalize_target(config: dict):
+    """Ray Data batch function: ``image`` -> ``x`` normalised as at inference."""
+    from pipeline.io.schema import ERROR, IMAGE
+    from pipeline.models.normalize import normalize
+
+    def run(batch: dict) -> dict:
+        x = normalize(batch[IMAGE], config["normalization"])[0]
+        return {"x": np.where((batch[ERROR] == "")[:, None, None, None], x, 0).astype(np.float32),
+                ERROR: batch[ERROR]}
+
+    return run
 
 
 def load_target(inputs, config: dict, pixel_scale: float | None = None):
@@ -186,11 +198,14 @@ def load_target(inputs, config: dict, pixel_scale: float | None = None):
     training ``config``. Returns ``(dataset of x, record)``; the record (kept in the config)
     names the method, the files (names only), and how many cutouts were used and refused."""
     from pipeline.io import list_inputs, read_cutouts
+    from pipeline.train.data import with_denoiser
 
     listed = list_inputs(inputs)
     ds = read_cutouts(listed, geometry=True, pixel_scale=pixel_scale)
-    prepared = ds.map_batches(PrepareTarget(config), batch_format="numpy",
-                              batch_size=256).materialize()
+    fitted = ds.map_batches(FitTarget(config), batch_format="numpy", batch_size=256)
+    # a model trained on a denoiser's output meets the survey through that denoiser too
+    prepared = with_denoiser(fitted, config).map_batches(
+        normalize_target(config), batch_format="numpy", batch_size=256).materialize()
     bad = prepared.filter(lambda r: r["error"] != "").select_columns(["error"]).materialize()
     good = prepared.filter(lambda r: r["error"] == "").select_columns(["x"]).materialize()
     n_good, n_bad = good.count(), bad.count()
