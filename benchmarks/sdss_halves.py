@@ -12,7 +12,11 @@ the 500 Galaxy Zoo 2 galaxies of ``tests/data/real_backgrounds/sdss_gz2_gri64.fi
   ``benchmarks/real_sky.py --sdss`` input, never seen in adaptation (with the Galaxy Zoo class,
   so the flag rate is also given for spirals and non-spirals).
 
-    python benchmarks/sdss_halves.py --out /tmp/sdss-halves
+With ``--jpegs DIR`` (the folder of all 2,000 Galaxy Zoo 2 JPEGs) it also writes
+``OUT/sdss_gri_heldout.fits``: the view of every galaxy but the 250 targets (1,750, a held-out
+set seven times larger, with their class).
+
+    python benchmarks/sdss_halves.py --out /tmp/sdss-halves [--jpegs /path/to/sdss_gz2]
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main() -> None:
     ap.add_argument("--out", type=pathlib.Path, required=True)
     ap.add_argument("--pixel-scale", type=float, default=0.101,
                     help="arcsec/px written for the VIS-like target view (default: euclid-vis's)")
+    ap.add_argument("--jpegs", type=pathlib.Path, default=None,
+                    help="folder of the 2,000 GZ2 JPEGs: also write sdss_gri_heldout.fits")
     args = ap.parse_args()
     with fits.open(SDSS_VIEW) as hdul:
         gri = np.asarray(hdul["CUTOUTS"].data, np.float32)
@@ -50,6 +56,16 @@ def main() -> None:
                             ["g", "r", "i"], overwrite=True,
                             header={"ORIGIN": "SDSS GZ2 view, odd rows"})
     print(f"wrote {len(even)} target cutouts to {target} and {len(odd)} held-out to {held}")
+    if args.jpegs:
+        from make_sdss_views import views
+
+        all_gri, tab = views(args.jpegs)
+        keep = ~np.isin(tab["id"], ids[even])  # every galaxy the adaptation did not see
+        big = write_cube_shard(args.out / "sdss_gri_heldout.fits", all_gri[keep],
+                               {k: np.asarray(v)[keep] for k, v in tab.items()}, ["g", "r", "i"],
+                               overwrite=True, header={"ORIGIN": "SDSS GZ2 views, all but the "
+                                                                 "adaptation targets"})
+        print(f"wrote {int(keep.sum())} held-out views of the JPEGs to {big}")
 
 
 if __name__ == "__main__":
