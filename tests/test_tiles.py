@@ -213,6 +213,42 @@ def test_error_rows_say_why_and_counts_add_up(field):
     assert counts["catalog"] == 2 and plan.units[-1] == "catalog"
 
 
+def test_tile_errors_say_whether_another_try_may_work(field, tmp_path):
+    """Every error row has a kind: the plan's reasons, bad pixels and a tile gone since the
+    plan are permanent; a tile whose filesystem fails (an S3 endpoint gone) is transient, so a
+    run leaves that tile unfinished and reads it again."""
+    import shutil
+
+    from _s3server import S3Server
+
+    d, tiles, cat = field
+    plan = plan_tiles(str(d / "[A-E]_{band}.fits"), cat, SIZE, ["VIS", "NIR_Y"])
+    rows = _cut_all(plan)
+    assert {r["error_kind"] for r in rows.values() if r["error"]} == {"permanent"}
+    assert all(r["error_kind"] is None for r in rows.values() if not r["error"])
+
+    local = tmp_path / "tiles"
+    local.mkdir()
+    shutil.copy(d / "A_VIS.fits", local / "A_VIS.fits")
+    gone = plan_tiles(str(local / "A_VIS.fits"), cat, SIZE, ["VIS"])
+    (local / "A_VIS.fits").unlink()
+    cut = list(_cut_all(gone).values())
+    opened = [r for r in cut if "cannot open" in (r["error"] or "")]
+    assert opened and all(r["error"] for r in cut)  # no row is cut from a missing tile
+    assert {r["error_kind"] for r in opened} == {"permanent"}
+    n_tile_rows = len(opened)  # the rows the tile would have given
+    with S3Server() as s3:
+        shutil.copy(d / "A_VIS.fits", local / "A_VIS.fits")
+        s3.upload(local, "tiles")
+        # the filesystem given: tile URIs do not carry an endpoint query through the listing
+        remote = plan_tiles("s3://lensray-test/tiles/A_VIS.fits", cat, SIZE, ["VIS"],
+                            filesystem=s3.filesystem())
+        s3.stop()  # planned (headers read); now every open fails
+        cut = list(_cut_all(remote).values())
+    opened = [r for r in cut if "cannot open" in (r["error"] or "")]
+    assert len(opened) == n_tile_rows and {r["error_kind"] for r in opened} == {"transient"}
+
+
 def test_pieces_cover_every_row_once_in_whole_strips_where_they_fit(tmp_path):
     """Dense sources on one tile: pieces of at most max_rows, at least half that (but for each
     unit's last), and a strip split between two pieces only where it cannot fit whole."""
@@ -380,8 +416,8 @@ def test_read_tiles_on_ray_counts_add_up_and_strict_raises(ray_local, field, tmp
                     ["VIS", "NIR_Y"])
     rows = ds.take_all()
     assert len(rows) == len(cat["id"]) and sorted(r["id"] for r in rows) == sorted(cat["id"])
-    assert set(ds.columns()) == {"id", "ra", "dec", "image", "source", "index", "error", "fate",
-                                 "mag", "flag"}
+    assert set(ds.columns()) == {"id", "ra", "dec", "image", "source", "index", "error",
+                                 "error_kind", "fate", "mag", "flag"}  # as read_cutouts' rows
     good = [r for r in rows if r["error"] is None]
     assert len(good) == sum(f in "ABCD" for f in cat["fate"])
     for r in good:

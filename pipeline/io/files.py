@@ -243,8 +243,10 @@ def list_inputs(paths, filesystem: Any = None) -> Inputs:
     found: list[tuple[str, int, int | None]] = []
     for given in paths:
         if "://" in given:
-            fs, path = uri_filesystem(given)
-            fs = filesystem or fs
+            # a given filesystem is used as it is: building the URI's own would already ask
+            # the network (S3 resolves the bucket's region)
+            fs, path = ((filesystem, strip_scheme(given)) if filesystem is not None
+                        else uri_filesystem(given))
             scheme = given.split("://", 1)[0] + "://"  # the files' names carry no query
         else:
             fs, path, scheme = filesystem or pafs.LocalFileSystem(), os.path.abspath(given), ""

@@ -53,7 +53,7 @@ from ray.data.datasource import Datasource
 
 from pipeline.io import schema
 from pipeline.io.decode import _CORRUPT_HINTS, CutoutReadError, ReadOptions, _finish, _is_image
-from pipeline.io.files import _glob_regex, list_inputs, locate
+from pipeline.io.files import ReadFailure, _glob_regex, error_kind, list_inputs, locate
 from pipeline.io.sources import SourceCatalog, load_catalog
 
 if TYPE_CHECKING:
@@ -91,7 +91,10 @@ def open_tile(path: str, filesystem: Any = None):
     from astropy.io import fits
 
     fs, where = locate(path, filesystem)
-    f = open(where, "rb") if fs is None else fs.open_input_file(where)
+    try:  # the filesystem's failure says whether another try may work (a parse error never)
+        f = open(where, "rb") if fs is None else fs.open_input_file(where)
+    except OSError as exc:
+        raise ReadFailure(f"{type(exc).__name__}: {exc}", error_kind(exc)) from exc
     try:
         with fits.open(f, memmap=False, lazy_load_hdus=True) as hdul:
             yield hdul
@@ -607,6 +610,7 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
     size = piece.size
     stack = np.zeros((m, nb, size, size), dtype=np.float32)
     errors: list[str | None] = list(piece.reason)
+    kinds = [None if e is None else schema.PERMANENT for e in errors]  # planning's reasons
     for k, im in enumerate(piece.images):
         for b in range(nb):
             rows = np.flatnonzero((piece.image[:, b] == k)
@@ -618,13 +622,14 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
                                          piece.strip_rows, piece.filesystem)
             except _Unreadable as exc:
                 for i in rows:
-                    errors[i] = str(exc)
+                    errors[i], kinds[i] = str(exc), exc.kind
                 continue
             stack[rows, b] = cut
             for i, why in zip(rows, failed, strict=True):
                 if why is not None:
-                    errors[i] = why
+                    errors[i], kinds[i] = why, schema.PERMANENT
     stack = _finish(stack, errors, ReadOptions(max_nonfinite=piece.max_nonfinite))
+    kinds = [None if e is None else k or schema.PERMANENT for e, k in zip(errors, kinds, strict=True)]
     batch = {
         schema.ID: piece.ids,
         schema.RA: piece.ra,
@@ -634,6 +639,7 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
         schema.INDEX: piece.rows.astype(np.int64),
         schema.ERROR: np.array([None if e is None else f"{piece.source}: {e}" for e in errors],
                                dtype=object),
+        schema.ERROR_KIND: np.array(kinds, dtype=object),
     }
     if strict:
         first = next((e for e in batch[schema.ERROR] if e is not None), None)
@@ -643,7 +649,12 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
 
 
 class _Unreadable(Exception):
-    """A tile image that cannot be opened at all."""
+    """A tile image that cannot be opened at all; ``kind``: transient (the filesystem failed
+    in a way another try may mend: network, timeout) or permanent (missing, not FITS)."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _cut_image(im: TileImage, xs, ys, size: int, strip_rows: int,
@@ -661,7 +672,9 @@ def _cut_image(im: TileImage, xs, ys, size: int, strip_rows: int,
         try:
             section = files.enter_context(open_tile(im.path, filesystem))[im.hdu].section
         except Exception as exc:
-            raise _Unreadable(f"cannot open {im.name} ({_why(exc, caught)})") from exc
+            kind = exc.kind if isinstance(exc, ReadFailure) else schema.PERMANENT
+            why = exc.reason if isinstance(exc, ReadFailure) else _why(exc, caught)
+            raise _Unreadable(f"cannot open {im.name} ({why})", kind) from exc
         for _, sel in _groups(strips, np.arange(len(xs))):
             wx0, wx1 = x0s[sel].min(), x0s[sel].max() + size  # the windows' extent ...
             wy0, wy1 = y0s[sel].min(), y0s[sel].max() + size
