@@ -149,6 +149,36 @@ def test_run_over_tiles_keeps_catalogue_ids_and_columns_and_resumes_per_tile(ray
                     out, **kw)
 
 
+def test_run_over_tiles_whose_store_goes_away_leaves_them_unfinished(ray_local, sky, ckpts,
+                                                                     tmp_path):
+    """Tiles on S3 (moto): planned, then the endpoint stops; the run ends with the tiles' rows
+    as transient errors and the tiles unfinished; with the endpoint back, a rerun reads just
+    them again and every source is computed."""
+    from _s3server import BUCKET, S3Server
+
+    d, tiles, catalog, cat = sky
+    kw = dict(checkpoints=ckpts, batch_size=16, progress=False, gallery=0,
+              stages=["lens-detect"])
+    with S3Server() as s3:
+        fs = s3.filesystem()
+        s3.upload(d, "sky")
+        plan = plan_tiles(f"s3://{BUCKET}/sky/T*_{{band}}.fits", catalog, SIZE, ["VIS"],
+                          filesystem=fs)
+        s3.stop()
+        first = run_cascade(plan, tmp_path / "run", **kw)
+        tile_units = [u for u in plan.units if u.startswith("s3://")]
+        assert sorted(first["inputs"]["unfinished"]) == sorted(tile_units) and first["adds_up"]
+        # every source on a tile is a transient error (the rest: off every tile, on an edge)
+        assert first["total"]["good"] == 0 and first["total"]["transient"] > 50
+        s3.start()
+        s3.upload(d, "sky")
+        again = run_cascade(plan, tmp_path / "run", **kw)
+    assert again["inputs"]["processed"] == 2 and again["inputs"]["unfinished"] == []
+    assert again["total"]["transient"] == 0 and again["adds_up"]
+    assert again["total"]["rows"] == cat.num_rows  # the tiles' rows replaced, none doubled
+    assert again["total"]["good"] == first["total"]["transient"]  # each one now computed
+
+
 def test_cli_cutout_and_run_with_tiles(ray_local, sky, ckpts, tmp_path, capsys):
     d, tiles, catalog, cat = sky
     assert main(["cutout", "--tiles", tiles, "--catalog", catalog, "--out", str(tmp_path / "c"),
