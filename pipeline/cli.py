@@ -636,7 +636,7 @@ def _run_mine(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple] = {
-    "run": (_add_run, _run_run, "run the cascade (denoise, lens-detect, substructure) into a catalogue"),
+    "run": (_add_run, _run_run, "run the cascade (lens-detect, substructure; the denoiser when a model reads its output) into a catalogue"),
     "read": (_add_read, _run_read, "read FITS cutouts on Ray and list them (id, ra, dec, shape, errors)"),
     "cutout": (_add_cutout, _run_cutout, "cut survey tiles around catalogue sources into cube shards"),
     "simulate": (_add_simulate, _run_simulate, "simulate labelled lens cutouts (FITS shards)"),
