@@ -221,7 +221,7 @@ def default_stages(ckpts: dict) -> list[str]:
     the same ones)."""
     from pipeline.stages import build_stages
 
-    return [s.name for s in build_stages(checkpoints={s: c for s, c in ckpts.items() if c})]
+    return [s.name for s in build_stages(checkpoints=ckpts)]  # (None: the shipped weights)
 
 
 def cascade(paths: list[Path], out: Path, ckpts: dict, threshold: float, batch_size: int,

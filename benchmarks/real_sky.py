@@ -123,7 +123,7 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
-def score(name: str, ckpt: str, sdss: np.ndarray | dict, sims: dict) -> dict:
+def score(name: str, ckpt: str, sdss: dict, sims: dict) -> dict:
     from pipeline.metrics import lens_metrics, roc_auc
     from pipeline.models import pretrained_dir
     from pipeline.stages import LensDetect

@@ -610,7 +610,7 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
     size = piece.size
     stack = np.zeros((m, nb, size, size), dtype=np.float32)
     errors: list[str | None] = list(piece.reason)
-    kinds = [None if e is None else schema.PERMANENT for e in errors]  # planning's reasons
+    transient: set[int] = set()  # rows of a tile whose filesystem failed: the rest are permanent
     for k, im in enumerate(piece.images):
         for b in range(nb):
             rows = np.flatnonzero((piece.image[:, b] == k)
@@ -622,14 +622,17 @@ def cut_piece(piece: Piece, strict: bool = False) -> tuple[dict[str, np.ndarray]
                                          piece.strip_rows, piece.filesystem)
             except _Unreadable as exc:
                 for i in rows:
-                    errors[i], kinds[i] = str(exc), exc.kind
+                    errors[i] = str(exc)
+                if exc.kind == schema.TRANSIENT:
+                    transient.update(rows.tolist())
                 continue
             stack[rows, b] = cut
             for i, why in zip(rows, failed, strict=True):
                 if why is not None:
-                    errors[i], kinds[i] = why, schema.PERMANENT
+                    errors[i] = why
     stack = _finish(stack, errors, ReadOptions(max_nonfinite=piece.max_nonfinite))
-    kinds = [None if e is None else k or schema.PERMANENT for e, k in zip(errors, kinds, strict=True)]
+    kinds = [None if e is None else schema.TRANSIENT if i in transient else schema.PERMANENT
+             for i, e in enumerate(errors)]
     batch = {
         schema.ID: piece.ids,
         schema.RA: piece.ra,

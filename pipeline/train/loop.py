@@ -229,9 +229,11 @@ def make_config(stage: str, data_dir, model: str | None = None, bands=None,
                          f"{stage!r} has no classes")
     if recipe.get("adapt_weight") is not None and not recipe["adapt_weight"] > 0:
         raise ValueError(f"adapt_weight must be > 0, got {recipe['adapt_weight']}")
+    from pipeline.train.adapt import ALIGN
+
     align = recipe.get("adapt_align")
-    if align is not None and align not in ("all", "negatives"):
-        raise ValueError(f"adapt_align must be 'all' or 'negatives', got {align!r}")
+    if align is not None and align not in ALIGN:
+        raise ValueError(f"adapt_align must be {' or '.join(map(repr, ALIGN))}, got {align!r}")
     if align == "negatives" and task.name != "lens-detect":
         raise ValueError(f"adapt_align='negatives' aligns a survey with the simulated non-lenses: "
                          f"a lens-detect option, not {stage!r}'s")
