@@ -240,13 +240,37 @@ def test_tile_errors_say_whether_another_try_may_work(field, tmp_path):
     with S3Server() as s3:
         shutil.copy(d / "A_VIS.fits", local / "A_VIS.fits")
         s3.upload(local, "tiles")
-        # the filesystem given: tile URIs do not carry an endpoint query through the listing
+        # a filesystem object given (the URI may carry the endpoint instead: next test)
         remote = plan_tiles("s3://lensray-test/tiles/A_VIS.fits", cat, SIZE, ["VIS"],
                             filesystem=s3.filesystem())
         s3.stop()  # planned (headers read); now every open fails
         cut = list(_cut_all(remote).values())
     opened = [r for r in cut if "cannot open" in (r["error"] or "")]
     assert len(opened) == n_tile_rows and {r["error_kind"] for r in opened} == {"transient"}
+
+
+def test_an_endpoint_in_the_tiles_uri_holds_for_the_whole_plan(field):
+    """``s3://b/[A-D]_{band}.fits?endpoint_override=...``: the listing, the bands the pattern
+    names, the headers and every cut go to that endpoint (the listed names drop the query), and
+    the rows are those of the same tiles read locally."""
+    from _s3server import S3Server
+
+    d, tiles, cat = field
+    bands = ["VIS", "NIR_Y"]
+    local = _cut_all(plan_tiles(str(d / "[A-D]_{band}.fits"), cat, SIZE, bands))
+    with S3Server() as s3:
+        s3.upload(d, "field")
+        named = plan_tiles(s3.uri("field/[A-D]_{band}.fits"), cat, SIZE)
+        plan = plan_tiles(s3.uri("field/[A-D]_{band}.fits"), cat, SIZE, bands)
+        remote = _cut_all(plan)
+    assert set(named.bands) == {"VIS", "NIR_Y", "NIR_H"}  # the pattern names them
+    assert all(u.startswith("s3://lensray-test/field/") and "?" not in u
+               for u in plan.units[:-1])
+    assert remote.keys() == local.keys()
+    for rid, row in local.items():
+        want = row["error"] and row["error"].replace(f"{d}/", "s3://lensray-test/field/")
+        assert remote[rid]["error"] == want, rid
+        np.testing.assert_array_equal(remote[rid]["image"], row["image"])
 
 
 def test_pieces_cover_every_row_once_in_whole_strips_where_they_fit(tmp_path):

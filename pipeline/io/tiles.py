@@ -53,7 +53,8 @@ from ray.data.datasource import Datasource
 
 from pipeline.io import schema
 from pipeline.io.decode import _CORRUPT_HINTS, CutoutReadError, ReadOptions, _finish, _is_image
-from pipeline.io.files import ReadFailure, _glob_regex, error_kind, list_inputs, locate
+from pipeline.io.files import (ReadFailure, _glob_regex, error_kind, list_inputs, locate,
+                                uri_filesystem)
 from pipeline.io.sources import SourceCatalog, load_catalog
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def find_tiles(
         ValueError: a requested band without any tile, or bands named by some files only.
     """
     bands = tuple(ReadOptions(bands=bands).bands or ()) or None
+    filesystem = _tiles_filesystem(tiles, filesystem)
     files = _tile_files(tiles, bands, filesystem)
     # Header reads are I/O-bound (s3://): threads. FITSFixedWarning & co are silenced here, not
     # in the threads (warning filters are process-wide); the WCS check says what matters.
@@ -146,11 +148,25 @@ def find_tiles(
     return images, wcs, bands, skipped
 
 
+def _given(tiles) -> list[str]:
+    return [os.fspath(t) for t in ([tiles] if isinstance(tiles, (str, os.PathLike)) else tiles)]
+
+
+def _tiles_filesystem(tiles, filesystem):
+    """The filesystem given, else the one a URI's query names
+    (``s3://b/t_{band}.fits?endpoint_override=h:9000&scheme=http``), else None. The listed
+    files' names drop the query, so the plan keeps this filesystem for every later open."""
+    first = _given(tiles)[:1]
+    if filesystem is None and first and "://" in first[0] and "?" in first[0]:
+        return uri_filesystem(first[0])[0]
+    return filesystem
+
+
 def _tile_files(tiles, bands, filesystem) -> list[tuple[str, str | None]]:
     """``(file, band named by its path or None)`` for every file of ``tiles``."""
-    given = [tiles] if isinstance(tiles, (str, os.PathLike)) else list(tiles)
+    given = _given(tiles)
     out: dict[str, str | None] = {}
-    for item in map(os.fspath, given):
+    for item in given:
         if BAND_FIELD not in item:
             out.update((f, None) for f in list_inputs(item, filesystem).files)
         elif bands:
@@ -161,7 +177,8 @@ def _tile_files(tiles, bands, filesystem) -> list[tuple[str, str | None]]:
                                                           filesystem).files)
         else:
             files = list_inputs(item.replace(BAND_FIELD, "*"), filesystem).files
-            regex = _band_regex(item if "://" in item else os.path.abspath(item))
+            regex = _band_regex(item.partition("?")[0] if "://" in item
+                                else os.path.abspath(item))
             for f in files:
                 m = regex.fullmatch(f.split("://", 1)[-1])
                 if m:
@@ -465,6 +482,7 @@ def plan_tiles(
     from scipy.spatial import cKDTree
 
     opts = ReadOptions(bands=bands, size=size, max_nonfinite=max_nonfinite)
+    filesystem = _tiles_filesystem(tiles, filesystem)
     images, wcs, bands, skipped = find_tiles(tiles, opts.bands, filesystem)
     for note in skipped:
         log.warning("read_tiles: left out %s", note)
