@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,11 +47,13 @@ def top_candidates(catalog_dir, k: int = 16,
     return table.take(pa.array(order)).to_pylist()
 
 
-def reread_cutouts(rows: list[dict], read: dict, fit_to: dict | None = None) -> list[np.ndarray | None]:
+def reread_cutouts(rows: list[dict], read: dict, fit_to: dict | None = None,
+                   filesystem: Any = None) -> list[np.ndarray | None]:
     """The image of each row, read again from its source file with the ``read`` settings of
     its run (``ReadOptions`` keywords; None if it cannot be) and, with ``fit_to`` (a checkpoint
     config's bands, pixel_scale, size and task), fitted to it as the model saw it
-    (``pipeline.models.fit_rows``)."""
+    (``pipeline.models.fit_rows``). ``filesystem``: the one the run listed its inputs with
+    (a ``source`` URI drops the query that named its endpoint)."""
     from pipeline.io import ReadOptions, read_fits_file
     from pipeline.io.schema import IMAGE, SOURCE
 
@@ -63,7 +66,7 @@ def reread_cutouts(rows: list[dict], read: dict, fit_to: dict | None = None) -> 
         src = row.get(SOURCE)
         if src not in by_source:
             try:  # local paths and URIs alike, with a cube shard's sibling catalogue (its ids)
-                batch = read_fits_file(src, options)
+                batch = read_fits_file(src, options, filesystem)
                 pictures = list(batch[IMAGE])
                 if fit_to is not None:
                     from pipeline.models import fit_rows
@@ -113,12 +116,13 @@ def _label(row: dict) -> tuple[str, str]:
 
 def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | None = None,
                   fit_to: dict | None = None, columns: int = 4, title: str | None = None,
-                  images: list | None = None) -> Path:
+                  images: list | None = None, filesystem: Any = None) -> Path:
     """Draw ``rows`` (from :func:`top_candidates`) into a PNG grid at ``path`` (or a binary
     file object), re-read with
     the run's ``read`` settings (bands, size...) and fitted to ``fit_to`` (see
-    :func:`reread_cutouts`), or ``images``: the rows' cutouts when they cannot be read again from
-    their source file (tiles); ``title`` above them (default: the top candidates)."""
+    :func:`reread_cutouts`, through ``filesystem``), or ``images``: the rows' cutouts when they
+    cannot be read again from their source file (tiles); ``title`` above them (default: the top
+    candidates)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +132,8 @@ def write_gallery(rows: list[dict], path: str | os.PathLike, *, read: dict | Non
     ncol = min(columns, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 3.0 * nrow), squeeze=False)
-    images = reread_cutouts(rows, read or {}, fit_to) if images is None else images
+    images = (reread_cutouts(rows, read or {}, fit_to, filesystem) if images is None
+              else images)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row, img in zip(axes.flat, rows, images, strict=False):

@@ -219,8 +219,9 @@ def run_cascade(
         t_g = time.perf_counter()
         rows = top_candidates(out.sub(CATALOG_DIR), gallery, keys=list(store.keys.values()))
         images = plan.cutouts([r[schema.INDEX] for r in rows]) if plan is not None else None
-        out.write(GALLERY, lambda f: write_gallery(rows, f, read=read, fit_to=summary["geometry"],
-                                                   images=images))
+        out.write(GALLERY, lambda f: write_gallery(
+            rows, f, read=read, fit_to=summary["geometry"], images=images,
+            filesystem=listed.filesystem if listed is not None else None))
         summary["gallery"] = out.show(GALLERY)
         summary["timings_s"]["gallery"] = round(time.perf_counter() - t_g, 3)
     elif out.exists(GALLERY):  # not redrawn: say so rather than pass it off as this catalogue's

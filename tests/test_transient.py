@@ -13,6 +13,7 @@ import pytest
 from _cascade import BANDS, SIZE, make_checkpoints, make_shards
 from _s3server import S3Server
 
+from pipeline.gallery import reread_cutouts, top_candidates
 from pipeline.io import ReadOptions, read_fits_file
 from pipeline.io.files import CONNECT_TIMEOUT_S, filesystem_from_uri, list_inputs
 from pipeline.run import run_cascade
@@ -54,6 +55,12 @@ def test_a_stopped_endpoint_leaves_files_unfinished_and_the_rerun_recovers(ray_l
         s3.start()  # a new, empty server on the same port: upload again
         s3.upload(local, "field")
         summary = _run(s3.uri("field/"), out, ckpts)
+        # the gallery re-reads sources whose names dropped the endpoint: through the run's
+        # filesystem, not AWS
+        rows = top_candidates(out / "catalog", 4)
+        assert rows[0]["source"].startswith("s3://") and "?" not in rows[0]["source"]
+        images = reread_cutouts(rows, summary["read"], filesystem=inputs.filesystem)
+        assert all(im is not None and im.any() for im in images)
     assert summary["inputs"]["processed"] == 3 and summary["inputs"]["unfinished"] == []
     total = summary["total"]
     assert (total["rows"], total["good"], total["errors"]) == (sum(COUNTS), sum(COUNTS), 0)

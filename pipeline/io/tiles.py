@@ -53,8 +53,14 @@ from ray.data.datasource import Datasource
 
 from pipeline.io import schema
 from pipeline.io.decode import _CORRUPT_HINTS, CutoutReadError, ReadOptions, _finish, _is_image
-from pipeline.io.files import (ReadFailure, _glob_regex, error_kind, list_inputs, locate,
-                                uri_filesystem)
+from pipeline.io.files import (
+    ReadFailure,
+    _glob_regex,
+    error_kind,
+    list_inputs,
+    locate,
+    uri_filesystem,
+)
 from pipeline.io.sources import SourceCatalog, load_catalog
 
 if TYPE_CHECKING:
