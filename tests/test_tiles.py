@@ -247,6 +247,7 @@ def test_tile_errors_say_whether_another_try_may_work(field, tmp_path):
         cut = list(_cut_all(remote).values())
     opened = [r for r in cut if "cannot open" in (r["error"] or "")]
     assert len(opened) == n_tile_rows and {r["error_kind"] for r in opened} == {"transient"}
+    assert all("3 attempts" in r["error"] for r in opened)  # tried again before giving up
 
 
 def test_an_endpoint_in_the_tiles_uri_holds_for_the_whole_plan(field):

@@ -56,9 +56,9 @@ from pipeline.io.decode import _CORRUPT_HINTS, CutoutReadError, ReadOptions, _fi
 from pipeline.io.files import (
     ReadFailure,
     _glob_regex,
-    error_kind,
     list_inputs,
     locate,
+    retrying,
     uri_filesystem,
 )
 from pipeline.io.sources import SourceCatalog, load_catalog
@@ -94,14 +94,14 @@ class TileImage:
 @contextlib.contextmanager
 def open_tile(path: str, filesystem: Any = None):
     """The HDU list of a tile, headers read lazily and pixels only when sliced (``hdu.section``);
-    local paths or URIs (through ``pyarrow.fs``, with seekable reads). Closed on exit."""
+    local paths or URIs (through ``pyarrow.fs``, with seekable reads), opened with
+    :func:`~pipeline.io.files.retrying`. Closed on exit."""
     from astropy.io import fits
 
     fs, where = locate(path, filesystem)
-    try:  # the filesystem's failure says whether another try may work (a parse error never)
-        f = open(where, "rb") if fs is None else fs.open_input_file(where)
-    except OSError as exc:
-        raise ReadFailure(f"{type(exc).__name__}: {exc}", error_kind(exc)) from exc
+    # a transient failure to open (an endpoint's hiccup) is tried again; ReadFailure says whether
+    # another run may work (a parse error, below, never)
+    f = retrying(lambda: open(where, "rb") if fs is None else fs.open_input_file(where))
     try:
         with fits.open(f, memmap=False, lazy_load_hdus=True) as hdul:
             yield hdul
