@@ -56,6 +56,12 @@ def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path):
     p2 = predict(m2, c2, data["image"])["p_lens"]
     np.testing.assert_array_equal(p1, p2)
     assert len(p1) == len(data["is_lens"]) > 0
+    # shipped with its card: one history row per epoch, no adaptation columns for a plain run
+    from pipeline.train.card import ship
+
+    card = (ship(out, "lens-detect", dest=tmp_path / "shipped") / "MODEL_CARD.md").read_text()
+    assert "| epoch | train loss | val loss |\n" in card and "domain" not in card
+    assert f"| 3 | {hist[3]['train_loss']:.4f} | {hist[3]['val_loss']:.4f} |" in card
 
     # fine-tuning starts from the trained weights: with lr 0 the learned weights come back
     # unchanged (only batch-norm running statistics move), not a fresh initialisation

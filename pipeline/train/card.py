@@ -63,7 +63,7 @@ def model_card(config: dict, weights: Path, sections: list[str] = ()) -> str:
                   "| epoch | train loss | val loss |" + " domain loss | domain acc |" * dom,
                   "|---|---|---|" + "---|---|" * dom]
         lines += [f"| {int(h['epoch'])} | {h['train_loss']:.4f} | {h['val_loss']:.4f} |"
-                  + f" {h['domain_loss']:.4f} | {h['domain_acc']:.3f} |" * dom
+                  + (f" {h['domain_loss']:.4f} | {h['domain_acc']:.3f} |" if dom else "")
                   for h in tr["history"]]
     lines += _real_sky(config.get("real_sky"))
     lines += ["", *sections]
