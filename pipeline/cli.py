@@ -621,6 +621,9 @@ def _add_mine(p: argparse.ArgumentParser) -> None:
                    "split stays the test split)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the mined rows for validation (by a hash of the id)")
+    p.add_argument("--store-options", default=None, metavar="QUERY",
+                   help="the store options the run's URI inputs had in their query, e.g. "
+                   "'endpoint_override=host:9000&scheme=http' (runs do not record them)")
 
 
 def _run_mine(args: argparse.Namespace) -> int:
@@ -628,7 +631,7 @@ def _run_mine(args: argparse.Namespace) -> int:
 
     manifest = mine(args.run_dir, args.out, top=args.top, labels=args.labels,
                     only_labelled=args.only_labelled, base=args.base,
-                    val_fraction=args.val_fraction)
+                    val_fraction=args.val_fraction, store_options=args.store_options)
     _print_json({k: manifest[k] for k in ("n", "counts", "base", "adds_up")})
     for rid, source, why in manifest["skipped"]:
         print(f"lensray mine: skipped {rid} ({source}): {why}", file=sys.stderr)

@@ -8,7 +8,9 @@ label file names, 0 for every other row (the confirmed non-lenses; with ``only_l
 rows the file does not name are left out). ``base`` (the set the finder was trained on) is
 linked into ``DIR`` split by split, so ``lensray train --data DIR`` trains on both; the mined
 rows go to train and val by a hash of their id (test stays the base's, so test metrics remain
-comparable between rounds). This is the grading loop of the survey searches (KiDS, DES,
+comparable between rounds). A run over URI inputs whose query named their store
+(``?endpoint_override=...``) recorded the sources without it (it may hold credentials): give
+the same options again as ``store_options``. This is the grading loop of the survey searches (KiDS, DES,
 HOLISMOKES, Euclid Q1): score, look at the top, retrain with the false positives as negatives.
 """
 
@@ -51,6 +53,25 @@ def _link(src: Path, dst: Path) -> None:
         dst.symlink_to(src.resolve())
 
 
+def _store(rows: list[dict], store_options: str | None):
+    """The filesystem of the run's URI sources with ``store_options`` (a URI query), or None."""
+    from pipeline.io.files import uri_filesystem
+    from pipeline.io.schema import SOURCE
+
+    if not store_options:
+        return None
+    uri = next((str(r[SOURCE]) for r in rows if "://" in str(r[SOURCE])), None)
+    if uri is None:
+        raise ValueError("store options were given, but the run's sources are local files")
+    return uri_filesystem(f"{uri}?{store_options.lstrip('?')}")[0]
+
+
+def _unread(source: str, store_options: str | None) -> str:
+    hint = (" (a URI: if the run's inputs named their store in a query, give it again, "
+            "--store-options)" if "://" in str(source) and not store_options else "")
+    return "cannot be read again" + hint
+
+
 def link_base(base: Path, out: Path) -> dict[str, list[dict]]:
     """Every shard of the set ``base`` (its manifest's, with sibling catalogues) linked under
     ``out`` as ``base-*``: their manifest entries, paths relative to ``out``."""
@@ -70,7 +91,8 @@ def link_base(base: Path, out: Path) -> dict[str, list[dict]]:
 
 def mine(run_dir: str | os.PathLike, out: str | os.PathLike, *, top: int,
          labels: str | os.PathLike | None = None, only_labelled: bool = False,
-         base: str | os.PathLike | None = None, val_fraction: float = 0.1) -> dict:
+         base: str | os.PathLike | None = None, val_fraction: float = 0.1,
+         store_options: str | None = None) -> dict:
     """Write the graded top ``top`` cutouts of the run in ``run_dir`` as a training set in
     ``out`` (see the module docstring); returns its manifest (also ``out/manifest.json``)."""
     from pipeline.gallery import reread_cutouts, top_candidates
@@ -109,13 +131,14 @@ def mine(run_dir: str | os.PathLike, out: str | os.PathLike, *, top: int,
         truth = np.nan_to_num(truth, nan=0.0)  # graded: what the file does not call a lens is not
     geometry = finder.geometry
     images = reread_cutouts(rows, summary.get("read") or {}, fit_to={**geometry,
-                                                                    "task": finder.task})
+                                                                    "task": finder.task},
+                            filesystem=_store(rows, store_options))
     want = (len(geometry["bands"]), geometry["size"], geometry["size"])
     split_rows: dict[str, list] = {"train": [], "val": []}
     skipped = []
     for row, img, label in zip(rows, images, truth, strict=True):
         if img is None or tuple(np.shape(img)) != want:
-            why = "cannot be read again" if img is None else (
+            why = _unread(row[SOURCE], store_options) if img is None else (
                 f"does not fit the lens finder ({tuple(np.shape(img))}, wants {want})")
             skipped.append([row[ID], row[SOURCE], why])
             continue

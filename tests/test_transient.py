@@ -16,6 +16,7 @@ from _s3server import S3Server
 from pipeline.gallery import reread_cutouts, top_candidates
 from pipeline.io import ReadOptions, read_fits_file
 from pipeline.io.files import CONNECT_TIMEOUT_S, filesystem_from_uri, list_inputs
+from pipeline.mine import mine
 from pipeline.run import run_cascade
 
 COUNTS = [4, 3, 2]
@@ -61,6 +62,10 @@ def test_a_stopped_endpoint_leaves_files_unfinished_and_the_rerun_recovers(ray_l
         assert rows[0]["source"].startswith("s3://") and "?" not in rows[0]["source"]
         images = reread_cutouts(rows, summary["read"], filesystem=inputs.filesystem)
         assert all(im is not None and im.any() for im in images)
+        # so does `lensray mine`, given the store options the run did not record
+        mined = mine(out, tmp_path / "mined", top=4, val_fraction=0.0,
+                     store_options=s3.uri("field/").split("?", 1)[1])
+        assert mined["n"] == 4 and mined["skipped"] == [] and mined["adds_up"]
     assert summary["inputs"]["processed"] == 3 and summary["inputs"]["unfinished"] == []
     total = summary["total"]
     assert (total["rows"], total["good"], total["errors"]) == (sum(COUNTS), sum(COUNTS), 0)
