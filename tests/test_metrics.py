@@ -41,6 +41,16 @@ def test_purity_at_completeness_for_a_lens_rate():
     assert purity == pytest.approx(1e-3 / (1e-3 + fpr * (1 - 1e-3)))
 
 
+def test_detectable_lens_metrics_keep_every_non_lens_and_the_bright_arcs():
+    y = np.r_[np.zeros(4), np.ones(4)]
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.9, 0.8, 0.5, 0.05])
+    snr = np.array([0, 0, 0, 0, 150, 40, 19.9, 5])  # non-lenses carry no arc S/N
+    got = M.detectable_lens_metrics(y, s, snr)
+    assert got["n_lens_snr20"] == 2 and got["auc_snr20"] == 1.0 and got["tpr0_snr20"] == 1.0
+    assert M.roc_auc(y, s) < 1  # the two faint lenses are what lowers the plain AUC
+    assert M.detectable_lens_metrics(y, s, snr, min_snr=1000) == {"n_lens_snr1000": 0}
+
+
 def test_multiclass_auc_matches_sklearn_ovr():
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 300)

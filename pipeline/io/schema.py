@@ -36,6 +36,7 @@ CLEAN = "clean"  # float32 tensor like IMAGE: the noiseless image of a simulated
 # Label columns of labelled (simulated) data: written by pipeline.simulate, learnt by the tasks of
 # pipeline.models.tasks; a class column holds the index of its class name.
 IS_LENS = "is_lens"  # 0/1
+SNR_ARCS = "snr_arcs"  # float: S/N of a simulated lens's arcs (pipeline.simulate.noise.arc_snr)
 SUBSTRUCTURE_CLASS = "substructure"  # index into SUBSTRUCTURE_CLASSES
 SUBSTRUCTURE_CLASSES = ("no_sub", "cdm", "vortex")
 

@@ -19,7 +19,14 @@ from typing import ClassVar
 import numpy as np
 
 from pipeline import metrics as M
-from pipeline.io.schema import CLEAN, IMAGE, IS_LENS, SUBSTRUCTURE_CLASS, SUBSTRUCTURE_CLASSES
+from pipeline.io.schema import (
+    CLEAN,
+    IMAGE,
+    IS_LENS,
+    SNR_ARCS,
+    SUBSTRUCTURE_CLASS,
+    SUBSTRUCTURE_CLASSES,
+)
 from pipeline.models.normalize import denormalize
 
 LOG_SIGMA_RANGE = (-7.0, 3.0)  # clamp of predicted log-sigma (standardised units) for stability
@@ -37,6 +44,8 @@ class Task:
     #                                                input's statistics, augmented with it
     eval_labels: ClassVar[tuple[str, ...]] = ()  # more columns the metrics compare against;
     #                                               IMAGE means the network's own input
+    optional_labels: ClassVar[tuple[str, ...]] = ()  # used by the test metrics where the data
+    #                                                   has them (simulations do, mined sets not)
     classes: ClassVar[tuple[str, ...] | None] = None  # class names, index = label value
     class_column: ClassVar[str | None] = None  # the label column holding that index
     targets: ClassVar[dict[str, int]] = {}  # regression target -> class whose rows carry it
@@ -87,6 +96,7 @@ class LensDetect(Task):
 
     name = "lens-detect"
     label_columns = (IS_LENS,)
+    optional_labels = (SNR_ARCS,)
     classes = ("non-lens", "lens")
     class_column = IS_LENS
 
@@ -112,7 +122,10 @@ class LensDetect(Task):
         return cols
 
     def metrics(self, pred, labels, config):
-        return M.lens_metrics(labels[IS_LENS], pred[P_LENS])
+        out = M.lens_metrics(labels[IS_LENS], pred[P_LENS])
+        if SNR_ARCS in labels:
+            out.update(M.detectable_lens_metrics(labels[IS_LENS], pred[P_LENS], labels[SNR_ARCS]))
+        return out
 
     def roc_curves(self, pred, labels, config):
         return {"lens": (labels[IS_LENS], pred[P_LENS])}

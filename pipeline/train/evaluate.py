@@ -17,7 +17,8 @@ from pipeline.models.tasks import get_task
 
 def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | None = None):
     """Images and label columns of one split as NumPy arrays (error rows dropped); the images
-    are what the model takes in the cascade: raw, or its denoiser's output (``denoiser``)."""
+    are what the model takes in the cascade: raw, or its denoiser's output (``denoiser``). The
+    task's optional labels are there when every row of the split has them."""
     from pipeline.io import read_cutouts
     from pipeline.train.data import split_paths, with_denoiser
 
@@ -28,13 +29,18 @@ def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | N
     if limit:
         ds = ds.limit(limit)
     ds = with_denoiser(ds, config)
-    parts: dict[str, list] = {c: [] for c in cols}
+    optional = [c for c in task.optional_labels if c not in cols]
+    parts: dict[str, list] = {c: [] for c in cols + optional}
     for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
         good = good_mask(b)
         for c in cols:
             if c not in b:
                 raise ValueError(f"{data_dir}/{split}: column {c!r} missing (have {sorted(b)})")
-            parts[c].append(np.asarray(b[c])[good])
+        for c in [*cols, *optional]:
+            if c in b and c in parts:
+                parts[c].append(np.asarray(b[c])[good])
+            else:
+                parts.pop(c, None)
     return {c: np.concatenate(v) for c, v in parts.items()}
 
 
@@ -46,7 +52,8 @@ def evaluate_model(model, config: dict, data_dir, split: str = "test", plots_dir
     task = get_task(config["task"])
     data = collect(data_dir, split, config, limit=limit)
     pred = predict(model, config, data[IMAGE], device=device)
-    labels = {c: data[c] for c in (*task.label_columns, *task.eval_labels)}
+    labels = {c: data[c] for c in (*task.label_columns, *task.eval_labels, *task.optional_labels)
+              if c in data}
     out = {k: (float(v) if isinstance(v, (float, np.floating)) else v)
            for k, v in task.metrics(pred, labels, config).items()}
     out["n"] = int(len(data[IMAGE]))
