@@ -10,8 +10,9 @@ linked into ``DIR`` split by split, so ``lensray train --data DIR`` trains on bo
 rows go to train and val by a hash of their id (test stays the base's, so test metrics remain
 comparable between rounds). A run over URI inputs whose query named their store
 (``?endpoint_override=...``) recorded the sources without it (it may hold credentials): give
-the same options again as ``store_options``. This is the grading loop of the survey searches (KiDS, DES,
-HOLISMOKES, Euclid Q1): score, look at the top, retrain with the false positives as negatives.
+the same options again as ``store_options``. This is the grading loop of the survey searches
+(KiDS, DES, HOLISMOKES, Euclid Q1): score, look at the top, retrain with the false positives as
+negatives.
 """
 
 from __future__ import annotations

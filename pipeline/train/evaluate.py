@@ -33,14 +33,13 @@ def collect(data_dir, split: str, config: dict, extra_columns=(), limit: int | N
     parts: dict[str, list] = {c: [] for c in cols + optional}
     for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
         good = good_mask(b)
-        for c in cols:
-            if c not in b:
-                raise ValueError(f"{data_dir}/{split}: column {c!r} missing (have {sorted(b)})")
-        for c in [*cols, *optional]:
-            if c in b and c in parts:
+        for c in list(parts):
+            if c in b:
                 parts[c].append(np.asarray(b[c])[good])
-            else:
-                parts.pop(c, None)
+            elif c in cols:
+                raise ValueError(f"{data_dir}/{split}: column {c!r} missing (have {sorted(b)})")
+            else:  # an optional label that some rows lack
+                del parts[c]
     return {c: np.concatenate(v) for c, v in parts.items()}
 
 
