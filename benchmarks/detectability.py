@@ -4,7 +4,11 @@ The matched lens sets hold faint arcs on purpose (the priors span faint to brigh
 the plain AUC mixes a finder's quality with how many lenses are undetectable at all. This prints,
 in one run: AUC and TPR0 of the lenses above each arc S/N threshold against every non-lens (the
 model cards' ``auc_snr20`` is the row at 20, Collett 2015's detectability cut), the completeness
-at p_lens > 0.5 by arc S/N and by theta_E, and the non-lens kinds' flag rates.
+at p_lens > 0.5 by arc S/N and by theta_E, the non-lens kinds' flag rates, and how coarse
+bfloat16 rounding of the normalised input is against the pixel noise at each lens's Einstein
+radius (``--precision bf16`` trains on rounded inputs; is an arc inside a bright deflector lost?).
+``--split train --limit 4000`` scores training rows: a finder that fits its training set no
+better than its TEST split is limited by capacity or by the data, not by overfitting.
 
     python benchmarks/detectability.py pipeline/weights/lens-detect data/vis-spiral40k
 """
@@ -12,23 +16,52 @@ at p_lens > 0.5 by arc S/N and by theta_E, and the non-lens kinds' flag rates.
 from __future__ import annotations
 
 import argparse
+import json
+import pathlib
 
 import numpy as np
+
+
+def bf16_rounding_to_noise(images, theta_e, config: dict, bands) -> np.ndarray:
+    """Per lens: RMS of the bf16 rounding of the normalised input over the pixels within 2 px
+    of the Einstein radius (around the cutout centre), in units of those pixels' noise
+    (background + source Poisson noise, carried through the asinh normalisation)."""
+    import torch
+
+    from pipeline.models.normalize import normalize
+    from pipeline.simulate.noise import noise_sigma
+
+    z, sky, bkg = normalize(images, config["normalization"])
+    rounding = torch.from_numpy(z).to(torch.bfloat16).float().numpy() - z
+    scale = config["normalization"]["asinh_scale"] * bkg[..., None, None]
+    u = (images - sky[..., None, None]) / scale  # dz/dx = 1 / (scale * sqrt(1 + u^2))
+    sigma_z = np.stack([noise_sigma(np.clip(im, 0, None), bands) for im in images])
+    sigma_z = sigma_z / (scale * np.sqrt(1 + u**2))
+    h, w = images.shape[-2:]
+    r = np.hypot(*np.mgrid[:h, :w] - np.array([(h - 1) / 2, (w - 1) / 2])[:, None, None])
+    out = np.empty(len(images))
+    for i, t in enumerate(theta_e / config["pixel_scale"]):
+        ring = np.abs(r - t) < 2
+        out[i] = np.sqrt((rounding[i][:, ring] ** 2).mean() / (sigma_z[i][:, ring] ** 2).mean())
+    return out
 
 
 def main() -> None:
     from pipeline.io.schema import IMAGE, IS_LENS, SNR_ARCS
     from pipeline.metrics import detectable_lens_metrics
     from pipeline.models import load_checkpoint, predict
+    from pipeline.simulate.instruments import get_preset
     from pipeline.train.evaluate import collect
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("data", help="a simulated lens set (its TEST split is scored)")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, help="score at most this many rows of the split")
     args = ap.parse_args()
     model, cfg = load_checkpoint(args.checkpoint)
-    d = collect(args.data, args.split, cfg, extra_columns=(SNR_ARCS, "kind", "theta_e"))
+    d = collect(args.data, args.split, cfg, extra_columns=(SNR_ARCS, "kind", "theta_e"),
+                limit=args.limit)
     p = predict(model, cfg, d[IMAGE])["p_lens"]
     y, snr = d[IS_LENS].astype(bool), d[SNR_ARCS]
     print(f"{args.checkpoint} on {args.data} ({args.split}): {int(y.sum())} lenses, "
@@ -54,6 +87,16 @@ def main() -> None:
     for k in np.unique(d["kind"][~y]):
         m = ~y & (d["kind"] == k)
         print(f"| {k} | {m.sum()} | {np.mean(p[m] > 0.5):.3f} | {p[m].mean():.3f} |")
+    preset = json.loads((pathlib.Path(args.data) / "manifest.json").read_text())["preset"]
+    q = bf16_rounding_to_noise(d[IMAGE][y], d["theta_e"][y], cfg, get_preset(preset).bands)
+    print("\n| bf16 rounding / pixel noise at theta_E | fraction of lenses | AUC |\n|---|---|---|")
+    for lo, hi in ((0, 0.1), (0.1, 0.3), (0.3, np.inf)):
+        sel = np.zeros_like(y)
+        sel[np.flatnonzero(y)[(q >= lo) & (q < hi)]] = True
+        if sel.any():
+            m = ~y | sel
+            print(f"| [{lo:g}, {hi:g}) | {sel.sum() / y.sum():.3f} | "
+                  f"{detectable_lens_metrics(y[m], p[m], snr[m], 0)['auc_snr0']:.4f} |")
 
 
 if __name__ == "__main__":
