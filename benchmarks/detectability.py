@@ -16,8 +16,6 @@ better than its TEST split is limited by capacity or by the data, not by overfit
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import numpy as np
 
@@ -50,6 +48,7 @@ def main() -> None:
     from pipeline.io.schema import IMAGE, IS_LENS, SNR_ARCS
     from pipeline.metrics import detectable_lens_metrics, roc_auc
     from pipeline.models import load_checkpoint, predict
+    from pipeline.simulate.generate import read_manifest
     from pipeline.simulate.instruments import get_preset
     from pipeline.train.evaluate import collect
 
@@ -87,12 +86,12 @@ def main() -> None:
     for k in np.unique(d["kind"][~y]):
         m = ~y & (d["kind"] == k)
         print(f"| {k} | {m.sum()} | {np.mean(p[m] > 0.5):.3f} | {p[m].mean():.3f} |")
-    preset = json.loads((pathlib.Path(args.data) / "manifest.json").read_text())["preset"]
-    q = bf16_rounding_to_noise(d[IMAGE][y], d["theta_e"][y], cfg, get_preset(preset).bands)
+    q = np.full(len(y), np.nan)  # lenses only
+    q[y] = bf16_rounding_to_noise(d[IMAGE][y], d["theta_e"][y], cfg,
+                                  get_preset(read_manifest(args.data)["preset"]).bands)
     print("\n| bf16 rounding / pixel noise at theta_E | fraction of lenses | AUC |\n|---|---|---|")
     for lo, hi in ((0, 0.1), (0.1, 0.3), (0.3, np.inf)):
-        sel = np.zeros_like(y)
-        sel[np.flatnonzero(y)[(q >= lo) & (q < hi)]] = True
+        sel = y & (q >= lo) & (q < hi)
         if sel.any():
             m = ~y | sel
             print(f"| [{lo:g}, {hi:g}) | {sel.sum() / y.sum():.3f} | {roc_auc(y[m], p[m]):.4f} |")

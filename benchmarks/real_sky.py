@@ -127,6 +127,7 @@ def fixture_images(config: dict) -> list[tuple[str, str, np.ndarray]]:
 def score(name: str, ckpt: str, sdss: dict, sims: dict, sim_limit: int | None = None) -> dict:
     from pipeline.metrics import lens_metrics, roc_auc
     from pipeline.models import pretrained_dir
+    from pipeline.simulate.generate import read_manifest
     from pipeline.stages import LensDetect
     from pipeline.train.evaluate import collect
 
@@ -158,8 +159,7 @@ def score(name: str, ckpt: str, sdss: dict, sims: dict, sim_limit: int | None = 
         row["real_lenses_above_p95_nonlens"] = float(
             (lens > np.percentile(np.r_[non, p_sdss], 95)).mean())
     for sim, data_dir in sims.items():
-        preset = json.loads((pathlib.Path(data_dir) / "manifest.json").read_text())["preset"]
-        if preset != config["trained"]["preset"]:  # a model is scored on its own survey's sims
+        if read_manifest(data_dir)["preset"] != config["trained"]["preset"]:  # a model is scored on its own survey's sims
             continue
         data = collect(data_dir, "test", config, extra_columns=("id",))
         rows = np.argsort(data["id"])[:sim_limit]  # the same rows for every model
