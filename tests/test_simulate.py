@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.simulate import ConfigError, default_priors, get_preset, make_config, simulate
 from pipeline.simulate.generate import ShardSpec, make_shard, plan_shards
+from pipeline.simulate.multiple_imaging import point_images
 from pipeline.simulate.noise import add_noise, noise_sigma
 from pipeline.simulate.render import LenstronomyRenderer
 from pipeline.simulate.scenes import Light, Scene, allocate, sample_scene
@@ -59,6 +60,47 @@ def test_sis_magnification_matches_analytic(beta_frac):
     mu = arcs.sum() / float(band.mag_to_cps(22.0))
     assert mu > 1  # the lensed source is brighter than the unlensed one
     assert mu == pytest.approx(2 * theta_e / beta, rel=0.03)  # SIS: mu_total = 2 theta_E / beta
+
+
+@pytest.mark.parametrize(("beta_frac", "n", "mu"), [(0.5, 2, 4.0), (1.5, 1, 5 / 3)])
+def test_point_images_match_the_sis(beta_frac, n, mu):
+    # SIS: two images, mu_total = 2 theta_E / beta inside theta_E; one, (beta + theta_E) / beta
+    # outside
+    lens = _sis_scene(1.2, 0.0, 0.1).lens
+    assert point_images(lens, beta_frac * 1.2, 0.0) == (n, pytest.approx(mu, rel=1e-4))
+
+
+def test_point_magnification_matches_the_rendered_flux_of_a_small_source():
+    """Two computations in lenstronomy that share nothing but the mass model: the lens equation
+    solved for a point, and ray-shot pixels of a tiny source (elliptical EPL + shear)."""
+    preset = dataclasses.replace(get_preset("euclid-vis"), supersampling=8)
+    lens = [("EPL_NUMBA", {"theta_E": 1.2, "gamma": 2.1, "e1": 0.1, "e2": -0.05,
+                           "center_x": 0.0, "center_y": 0.0}),
+            ("SHEAR", {"gamma1": 0.03, "gamma2": 0.02, "ra_0": 0.0, "dec_0": 0.0})]
+    assert point_images(lens, 0.03, 0.02)[0] == 4  # inside the diamond caustic
+    for x_s, y_s, n_images in ((0.3, 0.1, 2), (0.05, -0.4, 2), (1.6, 1.2, 1)):
+        scene = dataclasses.replace(_sis_scene(1.2, x_s, 0.03), lens=lens)
+        scene.source[0].kwargs["center_y"] = y_s
+        flux = LenstronomyRenderer(preset).render(scene).arcs[0].sum()
+        n, mu = point_images(lens, x_s, y_s)
+        assert n == n_images
+        assert flux / float(preset.bands[0].mag_to_cps(22.0)) == pytest.approx(mu, rel=0.03)
+
+
+def test_simulated_lenses_are_multiply_imaged():
+    """Shallow, elliptical, sheared lenses leave part of the beta_max disk singly imaged; no
+    lens row may come from there, and its labels say how it is imaged."""
+    from pipeline.simulate.scenes import unlensed
+
+    preset = get_preset("euclid-vis")
+    priors = dataclasses.replace(default_priors("euclid-vis"), gamma_slope=(1.8, 1.85),
+                                 beta_max=1.0)
+    for i in range(30):
+        scene = sample_scene(np.random.default_rng(i), preset, priors, "lens", "lens")
+        lab = scene.labels
+        n, mu = point_images(scene.lens, lab["x_source"], lab["y_source"])
+        assert n >= 2 and (lab["n_images"], lab["mu_total"]) == (n, mu)
+        assert unlensed(scene).labels["n_images"] == 0
 
 
 def test_unlensed_flux_matches_magnitude():

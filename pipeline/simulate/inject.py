@@ -198,7 +198,8 @@ def backgrounds_of(path: str, size: int, bands=None,
 
 INJECT_LABELS = ("is_lens", "kind", "theta_e", "snr_arcs", "x_lens", "y_lens", "r_eff_lens",
                  "e1_lens", "e2_lens", "gamma_slope", "gamma1", "gamma2", "x_source",
-                 "y_source", "r_eff_source", "n_clumps", "source_stamp", "z_lens", "z_source")
+                 "y_source", "r_eff_source", "n_clumps", "source_stamp", "z_lens", "z_source",
+                 "n_images", "mu_total")
 
 
 def make_injection_shard(preset: Preset, priors: Priors, files: list[str], path: str, seed: int,

@@ -113,7 +113,8 @@ class Priors:
     r_eff_source: Range = (0.05, 0.35)
     n_source: Range = (0.7, 2.0)
     q_source: Range = (0.4, 1.0)
-    beta_max: float = 0.8  # source offset: radius sqrt(U) * beta_max * theta_e
+    beta_max: float = 0.8  # source offset: radius sqrt(U) * beta_max * theta_e, redrawn until
+    # the source is multiply imaged (scenes.add_lens)
     beta_max_substructure: float = 0.4  # substructure task: near-central sources, long arcs
     max_clumps: int = 3  # 0..max_clumps clumps, each 5-20% of the source flux
     max_clumps_substructure: int = 0  # smooth sources: clumps would mimic subhalo perturbations

@@ -26,8 +26,11 @@ from pipeline.simulate import psf as _psf
 from pipeline.simulate import substructure as sub
 from pipeline.simulate.galaxies import Light, u
 from pipeline.simulate.instruments import Preset
+from pipeline.simulate.multiple_imaging import point_images
 from pipeline.simulate.priors import LENS_KIND, SUBSTRUCTURE_CLASSES, Priors
 from pipeline.simulate.real_sources import real_source
+
+MAX_SOURCE_DRAWS = 100  # source positions tried for a multiply imaged one (multiple_imaging)
 
 # Label columns of each task, with the value used when a label does not apply to a row.
 NAN = float("nan")
@@ -36,7 +39,7 @@ LENS_LABELS: dict[str, object] = {
     "snr_arcs": 0.0, "z_lens": NAN, "z_source": NAN, "gamma_slope": NAN, "e1_lens": NAN,
     "e2_lens": NAN, "gamma1": NAN, "gamma2": NAN, "x_lens": 0.0, "y_lens": 0.0,
     "x_source": NAN, "y_source": NAN, "r_eff_source": NAN, "r_eff_lens": NAN, "n_clumps": 0,
-    "source_stamp": -1,
+    "source_stamp": -1, "n_images": 0, "mu_total": NAN,
     "galaxy_type": "", "n_neighbours": 0, "n_stars": 0,
 }
 SUBSTRUCTURE_LABELS: dict[str, object] = {
@@ -108,7 +111,8 @@ def source_light(rng, preset: Preset, priors: Priors, mag: float, centre, max_cl
 def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Priors,
               task: str, sources=()) -> Scene:
     """Make ``scene`` a lens: EPL + shear whose shape follows the light's (``info`` q, phi),
-    lensing a clumpy Sersic source (or one of the real ``sources`` stamps)."""
+    lensing a clumpy Sersic source (or one of the real ``sources`` stamps) whose centre it
+    images at least twice (``multiple_imaging.point_images``)."""
     theta_e = u(rng, priors.theta_e if task == "lens" else priors.theta_e_substructure)
     q_m = float(np.clip(info["q"] + rng.normal(0, priors.q_mass_scatter), 0.4, 1.0))
     phi_m = info["phi"] + math.radians(rng.normal(0, priors.phi_mass_scatter_deg))
@@ -121,9 +125,16 @@ def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Prio
                                  "center_x": centre[0], "center_y": centre[1]}),
                   ("SHEAR", {"gamma1": g1, "gamma2": g2, "ra_0": centre[0], "dec_0": centre[1]})]
     beta_max = priors.beta_max if task == "lens" else priors.beta_max_substructure
-    beta = beta_max * theta_e * math.sqrt(rng.random())
-    a = rng.uniform(0, 2 * math.pi)
-    src_c = (centre[0] + beta * math.cos(a), centre[1] + beta * math.sin(a))
+    for _ in range(MAX_SOURCE_DRAWS):  # uniform over the multiply imaged part of the disk
+        beta = beta_max * theta_e * math.sqrt(rng.random())
+        a = rng.uniform(0, 2 * math.pi)
+        src_c = (centre[0] + beta * math.cos(a), centre[1] + beta * math.sin(a))
+        n_images, mu_total = point_images(scene.lens, *src_c)
+        if n_images >= 2:
+            break
+    else:  # close behind the deflector's centre a source is always multiply imaged
+        src_c = (centre[0] + 0.01 * theta_e, centre[1])
+        n_images, mu_total = point_images(scene.lens, *src_c)
     mag_s = u(rng, priors.mag_source if task == "lens" else priors.mag_source_substructure)
     clumps = priors.max_clumps if task == "lens" else priors.max_clumps_substructure
     scene.source, sinfo = source_light(rng, preset, priors, mag_s, src_c, clumps, sources)
@@ -132,7 +143,8 @@ def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Prio
     scene.labels.update({
         IS_LENS: 1, "kind": LENS_KIND, "theta_e": theta_e, "mag_source": mag_s,
         "z_lens": z_l, "z_source": z_s, "gamma_slope": slope, "e1_lens": e1, "e2_lens": e2,
-        "gamma1": g1, "gamma2": g2, "x_source": src_c[0], "y_source": src_c[1], **sinfo})
+        "gamma1": g1, "gamma2": g2, "x_source": src_c[0], "y_source": src_c[1],
+        "n_images": n_images, "mu_total": mu_total, **sinfo})
     return scene
 
 
