@@ -7,6 +7,9 @@ model cards' ``auc_snr20`` is the row at 20, Collett 2015's detectability cut), 
 at p_lens > 0.5 by arc S/N and by theta_E, the non-lens kinds' flag rates, and how coarse
 bfloat16 rounding of the normalised input is against the pixel noise at each lens's Einstein
 radius (``--precision bf16`` trains on rounded inputs; is an arc inside a bright deflector lost?).
+Sets that record how each lens images its source (``n_images``, ``mu_total``) also get the AUC on
+the lenses that pass two of Collett's (2015) detectability criteria: total magnification ≥ 3 and
+arc S/N ≥ 20 (the third, arcs resolved beyond the PSF, is not applied).
 ``--split train --limit 4000`` scores training rows: a finder that fits its training set no
 better than its TEST split is limited by capacity or by the data, not by overfitting.
 
@@ -46,7 +49,7 @@ def bf16_rounding_to_noise(images, theta_e, config: dict, bands) -> np.ndarray:
 
 def main() -> None:
     from pipeline.io.schema import IMAGE, IS_LENS, SNR_ARCS
-    from pipeline.metrics import detectable_lens_metrics, roc_auc
+    from pipeline.metrics import detectable_lens_metrics, roc_auc, tpr_at_fp
     from pipeline.models import load_checkpoint, predict
     from pipeline.simulate.generate import read_manifest
     from pipeline.simulate.instruments import get_preset
@@ -59,7 +62,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="score at most this many rows of the split")
     args = ap.parse_args()
     model, cfg = load_checkpoint(args.checkpoint)
-    d = collect(args.data, args.split, cfg, extra_columns=(SNR_ARCS, "kind", "theta_e"),
+    manifest = read_manifest(args.data)
+    imaging = [c for c in ("n_images", "mu_total") if c in manifest["label_columns"]]
+    d = collect(args.data, args.split, cfg, extra_columns=(SNR_ARCS, "kind", "theta_e", *imaging),
                 limit=args.limit)
     p = predict(model, cfg, d[IMAGE])["p_lens"]
     y, snr = d[IS_LENS].astype(bool), d[SNR_ARCS]
@@ -73,9 +78,20 @@ def main() -> None:
         if n:
             print(f"| {lo} | {n / y.sum():.2f} | {m[f'auc_snr{lo:g}']:.4f} | "
                   f"{m[f'tpr0_snr{lo:g}']:.3f} |")
+    if imaging:  # sets made since the simulator records how each lens images its source
+        print("\n| lenses | fraction of lenses | AUC | TPR0 |\n|---|---|---|---|")
+        for name, sel in (("mu_total ≥ 3", d["mu_total"] >= 3),
+                          ("arc S/N ≥ 20 and mu_total ≥ 3",
+                           (d["mu_total"] >= 3) & (snr >= 20))):
+            keep = ~y | sel
+            print(f"| {name} | {(y & sel).sum() / y.sum():.2f} | {roc_auc(y[keep], p[keep]):.4f} | "
+                  f"{tpr_at_fp(y[keep], p[keep], 0):.3f} |")
     theta = d["theta_e"][y]  # five equal bins over the preset's prior
-    for col, edges in ((SNR_ARCS, (0, 10, 20, 50, 100, np.inf)),
-                       ("theta_e", np.round(np.linspace(theta.min(), theta.max() + 0.01, 6), 2))):
+    bins = [(SNR_ARCS, (0, 10, 20, 50, 100, np.inf)),
+            ("theta_e", np.round(np.linspace(theta.min(), theta.max() + 0.01, 6), 2))]
+    if imaging:
+        bins += [("mu_total", (0, 2, 3, 5, 10, np.inf)), ("n_images", (2, 3, 4, 5, np.inf))]
+    for col, edges in bins:
         print(f"\n| lens {col} | n | completeness at p > 0.5 | median p_lens |\n|---|---|---|---|")
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             m = y & (d[col] >= lo) & (d[col] < hi)
@@ -88,7 +104,7 @@ def main() -> None:
         print(f"| {k} | {m.sum()} | {np.mean(p[m] > 0.5):.3f} | {p[m].mean():.3f} |")
     q = np.full(len(y), np.nan)  # lenses only
     q[y] = bf16_rounding_to_noise(d[IMAGE][y], d["theta_e"][y], cfg,
-                                  get_preset(read_manifest(args.data)["preset"]).bands)
+                                  get_preset(manifest["preset"]).bands)
     print("\n| bf16 rounding / pixel noise at theta_E | fraction of lenses | AUC |\n|---|---|---|")
     for lo, hi in ((0, 0.1), (0.1, 0.3), (0.3, np.inf)):
         sel = y & (q >= lo) & (q < hi)
