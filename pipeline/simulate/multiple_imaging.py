@@ -3,10 +3,11 @@
 A strong lens shows its source more than once. A source drawn within some fraction of theta_E of
 the deflector is not always multiply imaged: shallow (gamma < 2), elliptical and sheared mass
 profiles have caustics that leave part of that disk outside, where the source is only distorted.
-Labelled "lens", such a row teaches the finder nothing it can see, so the simulator redraws the
-source position until it is (``scenes.add_lens``) and records the image count and the total
-magnification (``n_images``, ``mu_total``: Collett 2015's detectability cut asks ``mu_total >= 3``
-beside an arc S/N >= 20; ``benchmarks/detectability.py`` reports both).
+Labelled "lens", such a row asks the finder to call a merely distorted galaxy a lens, so the
+simulator redraws the source position until it is multiply imaged (``scenes.add_lens``) and
+records the image count and the total magnification (``n_images``, ``mu_total``; Collett 2015's
+detectability criteria ask ``mu_total >= 3`` beside an arc S/N >= 20, as
+``benchmarks/detectability.py`` reports).
 
 The lens equation is solved with lenstronomy's analytical EPL + shear solver (Tessore & Metcalf
 2015; about a millisecond), and where it finds fewer than two images, also with its

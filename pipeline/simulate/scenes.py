@@ -133,7 +133,7 @@ def add_lens(rng, scene: Scene, info: dict, centre, preset: Preset, priors: Prio
         if n_images >= 2:
             break
     else:  # close behind the deflector's centre a source is always multiply imaged
-        src_c = (centre[0] + 0.01 * theta_e, centre[1])
+        src_c = (centre[0] + 0.01 * theta_e, centre[1] + 0.01 * theta_e)
         n_images, mu_total = point_images(scene.lens, *src_c)
     mag_s = u(rng, priors.mag_source if task == "lens" else priors.mag_source_substructure)
     clumps = priors.max_clumps if task == "lens" else priors.max_clumps_substructure
