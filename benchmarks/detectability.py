@@ -3,8 +3,8 @@
 The matched lens sets hold faint arcs on purpose (the priors span faint to bright sources), so
 the plain AUC mixes a finder's quality with how many lenses are undetectable at all. This prints,
 in one run: AUC and TPR0 of the lenses above each arc S/N threshold against every non-lens (the
-model cards' ``auc_snr20`` is the row at 20, Collett 2015's detectability cut), the completeness
-at p_lens > 0.5 by arc S/N and by theta_E, the non-lens kinds' flag rates, and how coarse
+model cards' ``auc_snr20`` is the row at 20, one of Collett 2015's detectability criteria), the
+completeness at p_lens > 0.5 by arc S/N and by theta_E, the non-lens kinds' flag rates, and how coarse
 bfloat16 rounding of the normalised input is against the pixel noise at each lens's Einstein
 radius (``--precision bf16`` trains on rounded inputs; is an arc inside a bright deflector lost?).
 Sets that record how each lens images its source (``n_images``, ``mu_total``) also get the AUC on

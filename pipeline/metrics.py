@@ -101,8 +101,9 @@ def lens_metrics(y_true, score, lens_rate: float = 1e-3) -> dict[str, float]:
     }
 
 
-# Collett (2015, LensPop): a lens is detectable when its arcs reach S/N 20 (with magnification
-# and resolution cuts our priors already make); fainter arcs are in the training sets on purpose.
+# Collett (2015, LensPop): a lens is detectable when its arcs reach S/N 20, its source is
+# magnified at least 3 times and its arcs are resolved (benchmarks/detectability.py adds the
+# magnification cut from the sets' mu_total); fainter arcs are in the training sets on purpose.
 DETECTABLE_SNR = 20.0
 
 
