@@ -49,7 +49,7 @@ def bf16_rounding_to_noise(images, theta_e, config: dict, bands) -> np.ndarray:
 
 def main() -> None:
     from pipeline.io.schema import IMAGE, IS_LENS, SNR_ARCS
-    from pipeline.metrics import detectable_lens_metrics, roc_auc, tpr_at_fp
+    from pipeline.metrics import detectable_lens_metrics, lens_subset_metrics
     from pipeline.models import load_checkpoint, predict
     from pipeline.simulate.generate import read_manifest
     from pipeline.simulate.instruments import get_preset
@@ -83,9 +83,8 @@ def main() -> None:
         for name, sel in (("mu_total ≥ 3", d["mu_total"] >= 3),
                           ("arc S/N ≥ 20 and mu_total ≥ 3",
                            (d["mu_total"] >= 3) & (snr >= 20))):
-            keep = ~y | sel
-            print(f"| {name} | {(y & sel).sum() / y.sum():.2f} | {roc_auc(y[keep], p[keep]):.4f} | "
-                  f"{tpr_at_fp(y[keep], p[keep], 0):.3f} |")
+            m = lens_subset_metrics(y, p, sel)
+            print(f"| {name} | {m['n_lens'] / y.sum():.2f} | {m['auc']:.4f} | {m['tpr0']:.3f} |")
     theta = d["theta_e"][y]  # five equal bins over the preset's prior
     bins = [(SNR_ARCS, (0, 10, 20, 50, 100, np.inf)),
             ("theta_e", np.round(np.linspace(theta.min(), theta.max() + 0.01, 6), 2))]
@@ -107,10 +106,9 @@ def main() -> None:
                                   get_preset(manifest["preset"]).bands)
     print("\n| bf16 rounding / pixel noise at theta_E | fraction of lenses | AUC |\n|---|---|---|")
     for lo, hi in ((0, 0.1), (0.1, 0.3), (0.3, np.inf)):
-        sel = y & (q >= lo) & (q < hi)
-        if sel.any():
-            m = ~y | sel
-            print(f"| [{lo:g}, {hi:g}) | {sel.sum() / y.sum():.3f} | {roc_auc(y[m], p[m]):.4f} |")
+        m = lens_subset_metrics(y, p, (q >= lo) & (q < hi))
+        if m["n_lens"]:
+            print(f"| [{lo:g}, {hi:g}) | {m['n_lens'] / y.sum():.3f} | {m['auc']:.4f} |")
 
 
 if __name__ == "__main__":

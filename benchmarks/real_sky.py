@@ -159,8 +159,8 @@ def score(name: str, ckpt: str, sdss: dict, sims: dict, sim_limit: int | None = 
         row["real_lenses_above_p95_nonlens"] = float(
             (lens > np.percentile(np.r_[non, p_sdss], 95)).mean())
     for sim, data_dir in sims.items():
-        if read_manifest(data_dir)["preset"] != config["trained"]["preset"]:  # a model is scored on its own survey's sims
-            continue
+        if read_manifest(data_dir)["preset"] != config["trained"]["preset"]:
+            continue  # a model is scored on its own survey's sims
         data = collect(data_dir, "test", config, extra_columns=("id",))
         rows = np.argsort(data["id"])[:sim_limit]  # the same rows for every model
         p_sim, is_lens = p_lens(data["image"][rows]), data["is_lens"][rows]

@@ -107,16 +107,22 @@ def lens_metrics(y_true, score, lens_rate: float = 1e-3) -> dict[str, float]:
 DETECTABLE_SNR = 20.0
 
 
-def detectable_lens_metrics(y_true, score, snr_arcs, min_snr: float = DETECTABLE_SNR) -> dict:
-    """AUC and TPR0 of the lenses whose arcs reach ``min_snr`` against every non-lens, and how
-    many such lenses there are (``auc_snr20``, ``tpr0_snr20``, ``n_lens_snr20``)."""
+def lens_subset_metrics(y_true, score, lenses) -> dict:
+    """AUC and TPR0 of the lenses picked by the mask ``lenses`` against every non-lens, and how
+    many they are (``auc``, ``tpr0``, ``n_lens``; only ``n_lens`` when none is picked)."""
     y, s = _binary(y_true, score)
-    keep = ~y | (np.asarray(snr_arcs, np.float64) >= min_snr)
-    tag = f"snr{min_snr:g}"
-    if not (y & keep).any():
-        return {f"n_lens_{tag}": 0}
-    return {f"auc_{tag}": roc_auc(y[keep], s[keep]), f"tpr0_{tag}": tpr_at_fp(y[keep], s[keep], 0),
-            f"n_lens_{tag}": int((y & keep).sum())}
+    keep = ~y | np.asarray(lenses, bool)
+    n = int((y & keep).sum())
+    if not n:
+        return {"n_lens": 0}
+    return {"auc": roc_auc(y[keep], s[keep]), "tpr0": tpr_at_fp(y[keep], s[keep], 0), "n_lens": n}
+
+
+def detectable_lens_metrics(y_true, score, snr_arcs, min_snr: float = DETECTABLE_SNR) -> dict:
+    """``lens_subset_metrics`` of the lenses whose arcs reach ``min_snr`` (``auc_snr20``,
+    ``tpr0_snr20``, ``n_lens_snr20``)."""
+    m = lens_subset_metrics(y_true, score, np.asarray(snr_arcs, np.float64) >= min_snr)
+    return {f"{k}_snr{min_snr:g}": v for k, v in m.items()}
 
 
 def multiclass_auc(y_true, probs, classes: list[str] | None = None) -> dict[str, float]:
