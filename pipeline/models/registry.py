@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-BUILTIN = ("pipeline.models.cnn", "pipeline.models.unet", "pipeline.models.towers")
+BUILTIN = ("pipeline.models.cnn", "pipeline.models.lenslight", "pipeline.models.unet",
+           "pipeline.models.towers")
 
 
 @dataclass(frozen=True)
