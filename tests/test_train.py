@@ -26,7 +26,7 @@ def tiny_lens_data(ray_local, tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
-def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path):
+def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path, capsys):
     from pipeline.train.evaluate import collect
     from pipeline.train.loop import train
 
@@ -36,6 +36,10 @@ def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     hist = cfg["trained"]["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    # every epoch is reported on the driver, once, with the metric that picks the best
+    printed = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[lensray] epoch")]
+    assert [ln.split(":")[0] for ln in printed] == [f"[lensray] epoch {e}/4" for e in (1, 2, 3, 4)]
+    assert f"val_loss {hist[3]['val_loss']:.4f} val_auc" in printed[3]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
     # exported = the stage-loadable thing: safetensors + config, scored on the TEST split
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json"}
@@ -76,6 +80,15 @@ def test_train_loop_learns_and_checkpoint_round_trips(tiny_lens_data, tmp_path):
     with pytest.raises(ValueError, match="cannot start"):  # another network shape: refused
         train("lens-detect", tiny_lens_data, tmp_path / "bad", "d4_resnet", epochs=1,
               model_overrides={"widths": [4, 8, 16], "blocks": 1}, init=str(out))
+    # a network built from this one (the lens-light residual added) trains from it and learns
+    # to use its new input channel, which starts at zero
+    res = train("lens-detect", tiny_lens_data, tmp_path / "res", "residual_d4_resnet", epochs=1,
+                batch_size=16, lr=3e-3, seed=4, model_overrides=TINY_D4, init=str(out),
+                name="test-residual")
+    stem = load_file(res / "model.safetensors")["stem.0.weight"]
+    assert stem.shape[1] == 2 and stem[:, 1].abs().sum() > 0
+    m3, c3 = load_checkpoint(res)
+    assert np.isfinite(predict(m3, c3, data["image"])["p_lens"]).all()
 
 
 def test_bad_configs_fail_before_any_work(tiny_lens_data, tmp_path):

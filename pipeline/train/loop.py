@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,11 +138,6 @@ def train_loop_per_worker(cfg: dict) -> None:
         metrics = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
                    **(adversary.epoch_metrics() if adversary is not None else {}),
                    **_validate(model, task, val_shard, cfg, device)}
-        if rank == 0:
-            domain = (f" domain_loss {metrics['domain_loss']:.4f} domain_acc "
-                      f"{metrics['domain_acc']:.3f}" if adversary is not None else "")
-            print(f"[lensray] epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
-                  f"{metrics['val_loss']:.4f}{domain} ({time.time() - t0:.0f} s)", flush=True)
         score = metrics.get(task.monitor, float("nan"))
         improved = best is None or (np.isfinite(score) and sign * (score - best) > 0)
         best, since_best = (score, 0) if improved else (best, since_best + 1)
@@ -408,13 +404,58 @@ def train(stage: str, data_dir, out_dir, model: str | None = None, *, num_worker
     trainer = make_trainer(cfg, datasets, name, storage_path or out_dir / "ray_runs",
                            num_workers=num_workers, use_gpu=use_gpu,
                            cpus_per_worker=cpus_per_worker)
-    result = trainer.fit()
+    with _EpochReporter(Path(trainer.run_config.storage_path) / name, cfg["epochs"],
+                        get_task(stage).monitor):
+        result = trainer.fit()
     export_checkpoint(best_checkpoint(result, get_task(stage)), out_dir, history=_history(result))
     if evaluate_test:
         from pipeline.train.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(out_dir, data_dir, split="test", write=True)
     return out_dir
+
+
+class _EpochReporter:
+    """Prints each epoch's metrics on the driver as its checkpoint lands in ``run_dir``: the
+    workers' own output reaches the driver only with ``-v`` (Ray's worker logs are off by
+    default), and an epoch of a real training set takes minutes."""
+
+    def __init__(self, run_dir: Path, epochs: int, monitor: str, every: float = 5.0):
+        self.run_dir, self.epochs, self.monitor, self.every = run_dir, epochs, monitor, every
+        self.seen: set[Path] = set()
+        self.t0 = time.time()
+
+    def report_new(self) -> None:
+        for f in sorted(self.run_dir.glob("checkpoint_*/config.json")):
+            if f in self.seen:
+                continue
+            try:
+                m = json.loads(f.read_text())["val_metrics"]
+            except (OSError, ValueError, KeyError):  # still being written: next round
+                continue
+            self.seen.add(f)
+            keys = dict.fromkeys(("train_loss", "val_loss", self.monitor, "val_auc",
+                                  "val_auc_macro", "domain_loss", "domain_acc"))
+            shown = " ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+            print(f"[lensray] epoch {int(m['epoch']) + 1}/{self.epochs}: {shown} "
+                  f"({(time.time() - self.t0) / 60:.1f} min)", file=sys.stderr, flush=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.every):
+            self.report_new()
+
+    def __enter__(self):
+        import threading
+
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.report_new()
 
 
 def best_checkpoint(result, task) -> str:
