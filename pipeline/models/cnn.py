@@ -157,6 +157,7 @@ class D4ResNet(_D4Averaged):
                  dropout: float = 0.1, tta: bool = True):
         super().__init__()
         self.tta = tta
+        widths = tuple(widths)  # a config's JSON list
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
             nn.SiLU(inplace=True),
@@ -184,6 +185,4 @@ class D4ResNet(_D4Averaged):
 def d4_resnet(**cfg) -> nn.Module:
     """Small pre-activation ResNet with D4 test-time averaging (exact rotation/flip
     invariance at inference), sized for CPU training."""
-    if "widths" in cfg:
-        cfg["widths"] = tuple(cfg["widths"])
     return D4ResNet(**cfg)

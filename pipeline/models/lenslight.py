@@ -105,6 +105,4 @@ def residual_d4_resnet(**cfg) -> torch.nn.Module:
     """``d4_resnet`` that also sees the cutout minus a median model of the central galaxy's
     light in elliptical annuli (``pipeline/models/lenslight.py``); starts from a trained
     ``d4_resnet`` (``--init``)."""
-    if "widths" in cfg:
-        cfg["widths"] = tuple(cfg["widths"])
     return ResidualD4ResNet(**cfg)

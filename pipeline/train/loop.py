@@ -421,7 +421,9 @@ class _EpochReporter:
     default), and an epoch of a real training set takes minutes."""
 
     def __init__(self, run_dir: Path, epochs: int, monitor: str, every: float = 5.0):
-        self.run_dir, self.epochs, self.monitor, self.every = run_dir, epochs, monitor, every
+        self.run_dir, self.epochs, self.every = run_dir, epochs, every
+        self.keys = dict.fromkeys(("train_loss", "val_loss", monitor, "val_auc", "val_auc_macro",
+                                   "domain_loss", "domain_acc"))  # shown when reported, once
         self.seen: set[Path] = set()
         self.t0 = time.time()
 
@@ -434,9 +436,7 @@ class _EpochReporter:
             except (OSError, ValueError, KeyError):  # still being written: next round
                 continue
             self.seen.add(f)
-            keys = dict.fromkeys(("train_loss", "val_loss", self.monitor, "val_auc",
-                                  "val_auc_macro", "domain_loss", "domain_acc"))
-            shown = " ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+            shown = " ".join(f"{k} {m[k]:.4f}" for k in self.keys if k in m)
             print(f"[lensray] epoch {int(m['epoch']) + 1}/{self.epochs}: {shown} "
                   f"({(time.time() - self.t0) / 60:.1f} min)", file=sys.stderr, flush=True)
 
