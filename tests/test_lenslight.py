@@ -10,7 +10,7 @@ import torch
 
 from pipeline.models import create_model
 from pipeline.models.cnn import d4_transforms
-from pipeline.models.lenslight import lens_light_residual
+from pipeline.models.lenslight import _ellipse_radius, lens_light_residual
 from pipeline.models.registry import init_network
 
 H = 64
@@ -61,8 +61,14 @@ def test_residual_turns_with_the_image_and_keeps_shape_and_dtype():
     assert res.shape == x.shape and res.dtype == x.dtype
     for k in range(8):  # D4: every rotation and flip
         assert torch.equal(lens_light_residual(d4_transforms(x, k)), d4_transforms(res, k))
-    bands = lens_light_residual(x[:, 1:2])  # each band is modelled on its own (shape: all bands)
-    assert not torch.equal(bands, res[:, 1:2]) or torch.allclose(bands, res[:, 1:2])
+    # against a plain loop: each band minus its own median (the lower one) in each annulus, the
+    # annuli from the light of all bands
+    ring = _ellipse_radius(x[:1]).floor()[0]
+    for band in range(3):
+        ref = x[0, band].clone()
+        for k in ring.unique():
+            ref[ring == k] -= x[0, band][ring == k].median()
+        torch.testing.assert_close(res[0, band], ref)
 
 
 def test_residual_d4_resnet_starts_as_its_d4_resnet_and_stays_invariant():
